@@ -1,0 +1,41 @@
+"""attn-deploy: take CNNs with attention modules from PyTorch to ONNX Runtime and TensorRT, verified.
+
+Public API::
+
+    from attn_deploy import export_onnx, create_model
+    model = create_model("yolov8s-eca")
+    res = export_onnx(model, torch.randn(1, 3, 640, 640), "out.onnx", dynamic_batch=True, dynamic_hw=True)
+    res.path, res.rewrites, res.parity
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "export_onnx": ("attn_deploy.export.pipeline", "export_onnx"),
+    "ExportResult": ("attn_deploy.export.pipeline", "ExportResult"),
+    "create_model": ("attn_deploy.models", "create_model"),
+    "list_models": ("attn_deploy.models", "list_models"),
+    "create_attention": ("attn_deploy.attention", "create_attention"),
+    "list_attention": ("attn_deploy.attention", "list_attention"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:
+    from attn_deploy.attention import create_attention, list_attention
+    from attn_deploy.export.pipeline import ExportResult, export_onnx
+    from attn_deploy.models import create_model, list_models
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public API lazily so ``import attn_deploy`` stays cheap."""
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'attn_deploy' has no attribute {name!r}")

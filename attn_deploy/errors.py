@@ -1,0 +1,31 @@
+"""Error types. Every user-facing failure is one of these; the CLI prints its message on one line."""
+
+from __future__ import annotations
+
+
+class AttnDeployError(Exception):
+    """Base class: a problem the user can fix. The message says what went wrong and what to do."""
+
+
+class ConfigError(AttnDeployError):
+    """A config file or option is invalid (unknown key, bad value)."""
+
+
+class ModelNotFoundError(AttnDeployError):
+    """A model or attention name is not in the registry."""
+
+
+class WeightsError(AttnDeployError):
+    """A weights file is missing, unreadable or does not match the model."""
+
+
+class ExportError(AttnDeployError):
+    """Export produced a graph that fails, or that differs from PyTorch; nothing was written."""
+
+
+class UnsupportedOpError(ExportError):
+    """The graph holds an op or pattern the target runtime cannot take."""
+
+
+class InputError(AttnDeployError):
+    """Bad input data: wrong tensor shape or dtype, unreadable image, empty directory, corrupt ONNX."""

@@ -1,0 +1,1 @@
+"""attn_deploy.export"""
