@@ -25,7 +25,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)  ## TensorRT code against tensorrt-stubs
-	$(BIN)/pip install -q --no-deps tensorrt-stubs==10.13.0.35.1  # stubs only: their tensorrt dep needs NVIDIA's index
+	# Stubs only (their tensorrt dep needs NVIDIA's index), into build/stubs (pyproject: mypy_path), not the venv:
+	# installed there they make `import tensorrt` succeed as an empty namespace package.
+	rm -rf build/stubs
+	$(BIN)/pip install -q --no-deps --target build/stubs tensorrt-stubs==10.13.0.35.1
+	# The published stubs have two syntax errors (a parameter named `in`, a non-default after a default).
+	sed -i -e 's/\bin: list/in_: list/' -e 's/channel_axis: int)/channel_axis: int = 0)/' build/stubs/tensorrt_bindings/tensorrt.pyi
 	$(BIN)/mypy attn_deploy/backends
 
 bench: $(STAMP)  ## attention cost tables + backend latency, stored under benchmarks/results/

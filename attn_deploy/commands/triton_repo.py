@@ -1,11 +1,75 @@
-"""`attn-deploy triton-repo` (placeholder until its issue lands)."""
+"""`attn-deploy triton-repo`: write a Triton model repository from artifacts."""
 
 from __future__ import annotations
 
 import argparse
 
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the sub-command's parser."""
-    p = sub.add_parser("triton-repo", help="(not yet available)")
-    p.set_defaults(func=lambda args: 1)
+    p = sub.add_parser(
+        "triton-repo",
+        help="write a Triton model repository (config.pbtxt + 1/model.onnx or model.plan)",
+        description="Write <out>/<model>/config.pbtxt and <out>/<model>/1/model.onnx (model.plan for "
+        "TensorRT artifacts) for each artifact directory.",
+    )
+    p.add_argument(
+        "artifacts", nargs="+", metavar="DIR", help="artifact directories (engines/<model>/<target>)"
+    )
+    p.add_argument("--out", default="model_repository", help="repository directory (default: %(default)s)")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=8,
+        help="max_batch_size for dynamic-batch models; 0 turns batching off (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=2.0,
+        help="dynamic_batching max_queue_delay, in milliseconds (default: %(default)s)",
+    )
+    p.add_argument(
+        "--trt-accelerator",
+        choices=("fp32", "fp16", "int8"),
+        default=None,
+        help="ONNX models: run through ONNX Runtime's TensorRT accelerator at this precision",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the repository and print what went where."""
+    from attn_deploy.serve.triton_repo import write_triton_repository
+
+    written = write_triton_repository(
+        args.artifacts,
+        args.out,
+        max_batch=args.max_batch,
+        max_delay_ms=args.max_delay_ms,
+        trt_precision=args.trt_accelerator,
+    )
+    table = Table(title=f"Triton model repository: {args.out}")
+    for column in ("model", "platform", "max_batch_size", "inputs", "accelerator", "file"):
+        table.add_column(column)
+    for model in written:
+        config = model.config
+        accelerators = config.get("optimization", {}).get("execution_accelerators", {})
+        precision = [
+            a["parameters"]["precision_mode"] for a in accelerators.get("gpu_execution_accelerator", [])
+        ]
+        table.add_row(
+            model.name,
+            model.platform,
+            str(config["max_batch_size"]),
+            "\n".join(f"{t['name']} {t['data_type']} {t['dims']}" for t in config["input"]),
+            f"tensorrt {precision[0]}" if precision else "-",
+            str(model.model_file),
+        )
+    console.print(table)
+    return 0

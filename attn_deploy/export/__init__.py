@@ -1,1 +1,1 @@
-"""attn_deploy.export"""
+"""Export: torch -> ONNX (with deploy rewrites) -> simplify -> lint -> verify against PyTorch -> write."""

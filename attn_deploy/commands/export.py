@@ -1,0 +1,97 @@
+"""`attn-deploy export`: zoo model -> verified ONNX artifact under engines/<model>/<target>/."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.table import Table
+
+from attn_deploy.commands.progress import console, stage_progress
+from attn_deploy.export.artifact import Artifact
+from attn_deploy.export.pipeline import ExportResult
+from attn_deploy.report import fmt
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``export`` parser."""
+    p = sub.add_parser("export", help="export a zoo model to a verified ONNX artifact")
+    p.add_argument("--model", required=True, help="zoo model, e.g. yolov8-eca, yolov8s-cbam, resnet50-se")
+    p.add_argument("--imgsz", default=None, help="input size: 640 or H,W (default: the model's)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the export shape (default 1)")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18; TensorRT parses <= 20)")
+    p.add_argument("--weights", default=None, help="state_dict .pt/.pth to load (default: built-in weights)")
+    p.add_argument("--out", default="engines", help="output root (default engines/)")
+    p.add_argument("--no-simplify", dest="simplify", action="store_false", help="skip onnxslim")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export and print the summary."""
+    from attn_deploy.export.zoo import export_zoo_model
+
+    with stage_progress(f"export {args.model}") as on_stage:
+        artifact, result = export_zoo_model(
+            args.model,
+            imgsz=args.imgsz,
+            batch=args.batch,
+            dynamic=args.dynamic,
+            opset=args.opset,
+            weights=args.weights,
+            out_root=args.out,
+            simplify=args.simplify,
+            on_stage=on_stage,
+        )
+    print_export_summary(artifact, result)
+    return 0
+
+
+def print_export_summary(artifact: Artifact, result: ExportResult) -> None:
+    """Tables: artifact, parity vs PyTorch, rewrites, op counts before/after simplify."""
+    m = artifact.manifest
+    info = Table(title=f"{m['model']} -> {artifact.dir}", show_header=False)
+    info.add_row("files", ", ".join(sorted(p.name for p in artifact.dir.iterdir())))
+    info.add_row("input", "; ".join(f"{v['name']} {v['shape']}" for v in m["inputs"]))
+    info.add_row("output", "; ".join(f"{v['name']} {v['shape']}" for v in m["outputs"]))
+    info.add_row("opset / dynamic", f"{m['opset']} / batch={m['dynamic']['batch']} hw={m['dynamic']['hw']}")
+    info.add_row(
+        "time",
+        f"{result.seconds:.1f} s ({', '.join(f'{k} {v:.1f}s' for k, v in result.stage_seconds.items())})",
+    )
+    info.add_row("TensorRT lint", "clean" if not result.lint else "; ".join(map(str, result.lint)))
+    console.print(info)
+
+    p = result.parity
+    parity = Table(title="Parity vs PyTorch FP32 (ONNX Runtime CPU)")
+    for col in ("shape", "output", "max abs", "max rel", "cosine", "tolerance"):
+        parity.add_column(col, justify="right")
+    per_shape = len(p.per_output) // max(len(result.shapes), 1)
+    for i, out in enumerate(p.per_output):
+        shape = result.shapes[i // per_shape] if per_shape else "-"
+        parity.add_row(
+            "x".join(map(str, shape)),
+            out.name,
+            fmt(out.max_abs),
+            fmt(out.max_rel),
+            f"{out.cosine:.8f}",
+            fmt(out.tolerance),
+        )
+    parity.caption = "[green]PASSED[/]" if p.passed else "[red]FAILED[/]"
+    console.print(parity)
+
+    if result.rewrites:
+        rewrites = Table(title="Rewrites applied")
+        rewrites.add_column("rule")
+        rewrites.add_column("sites", justify="right")
+        for rule in result.rewrites:
+            rewrites.add_row(rule, str(sum(1 for s in result.rewrite_sites if s.rule == rule)))
+        console.print(rewrites)
+
+    ops = Table(title="Ops before / after simplify")
+    for col in ("op", "before", "after"):
+        ops.add_column(col, justify="right" if col != "op" else "left")
+    names = sorted(set(result.ops_before) | set(result.ops_after), key=lambda o: -result.ops_before.get(o, 0))
+    for op in names:
+        ops.add_row(op, str(result.ops_before.get(op, 0)), str(result.ops_after.get(op, 0)))
+    ops.add_row("[bold]total", str(sum(result.ops_before.values())), str(sum(result.ops_after.values())))
+    console.print(ops)

@@ -1,0 +1,101 @@
+"""Dynamic-shape specs for the exporter and the extra shapes an export is verified at."""
+
+from __future__ import annotations
+
+import re
+
+import onnx
+import torch
+
+DIM_NAMES = {0: "batch", 2: "height", 3: "width"}
+
+
+def dynamic_axes_for(sample: torch.Tensor, dynamic_batch: bool, dynamic_hw: bool) -> dict[int, str]:
+    """Axis -> name of the dims to make dynamic for one input (H/W only on 4-D inputs)."""
+    axes: dict[int, str] = {}
+    if dynamic_batch and sample.dim() >= 1:
+        axes[0] = DIM_NAMES[0]
+    if dynamic_hw and sample.dim() == 4:
+        axes[2], axes[3] = DIM_NAMES[2], DIM_NAMES[3]
+    return axes
+
+
+def torch_dynamic_shapes(axes_per_input: list[dict[int, str]]) -> tuple[dict[int, object] | None, ...]:
+    """``dynamic_shapes`` for ``torch.onnx.export(dynamo=True)``.
+
+    ``Dim.DYNAMIC`` lets torch.export infer the relations a model imposes (e.g. H divisible by 32) instead of
+    failing on named ``Dim`` ranges; :func:`rename_dims` gives the symbols readable names afterwards.
+    """
+    return tuple({axis: torch.export.Dim.DYNAMIC for axis in axes} or None for axes in axes_per_input)
+
+
+def rename_dims(model: onnx.ModelProto, axes_per_input: list[dict[int, str]]) -> None:
+    """Replace the exporter's symbols (``s77``) by the names in ``axes_per_input`` everywhere in the graph."""
+    mapping: dict[str, str] = {}
+    for value, axes in zip(model.graph.input, axes_per_input, strict=False):
+        dims = value.type.tensor_type.shape.dim
+        for axis, name in axes.items():
+            if axis < len(dims) and dims[axis].dim_param:
+                mapping.setdefault(dims[axis].dim_param, name)
+    if not mapping:
+        return
+    pattern = re.compile(r"\b(" + "|".join(re.escape(k) for k in mapping) + r")\b")
+    values = [*model.graph.input, *model.graph.output, *model.graph.value_info]
+    for value in values:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = pattern.sub(lambda m: mapping[m.group(1)], dim.dim_param)
+
+
+def _stride(h: int, w: int) -> int:
+    """The largest power of two (<= 32) dividing both H and W: alternative sizes keep this divisibility."""
+    stride = 1
+    while stride < 32 and h % (stride * 2) == 0 and w % (stride * 2) == 0:
+        stride *= 2
+    return stride
+
+
+def _round_to(value: float, step: int) -> int:
+    return max(step, int(round(value / step)) * step)
+
+
+def _alternatives(size: int, step: int, fractions: tuple[float, float]) -> list[int]:
+    """Two sizes other than ``size`` keeping its divisibility: smaller fractions first, larger if needed."""
+    candidates = [_round_to(size * f, step) for f in fractions] + [
+        size + step,
+        size + 2 * step,
+        size + 3 * step,
+    ]
+    picked: list[int] = []
+    for c in candidates:
+        if c != size and c not in picked:
+            picked.append(c)
+    return picked[:2]
+
+
+def verification_shapes(
+    shape: tuple[int, ...], dynamic_batch: bool, dynamic_hw: bool
+) -> list[tuple[int, ...]]:
+    """The export shape plus two shapes it was not exported at, varying what is dynamic.
+
+    H/W alternatives are non-square, smaller than the export shape where possible (fast), and keep the export
+    shape's divisibility (a YOLO input stays a multiple of 32).
+    """
+    shapes = [tuple(shape)]
+    if not (dynamic_batch or dynamic_hw):
+        return shapes
+    batch = shape[0]
+    batches = (batch + 1, batch + 2) if dynamic_batch else (batch, batch)
+    if dynamic_hw and len(shape) == 4:
+        h, w = shape[2], shape[3]
+        step = _stride(h, w)
+        heights = _alternatives(h, step, (0.75, 0.5))
+        widths = _alternatives(w, step, (0.5, 0.75))
+        if widths == heights:  # keep the verified shapes non-square
+            widths.reverse()
+        for b, sh, sw in zip(batches, heights, widths, strict=True):
+            shapes.append((b, shape[1], sh, sw))
+    else:
+        for b in batches:
+            shapes.append((b, *shape[1:]))
+    return shapes

@@ -1,0 +1,85 @@
+"""Export a zoo model by name into ``<out_root>/<model>/<target>/``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from attn_deploy.data.synthetic import synthetic_images
+from attn_deploy.errors import ConfigError
+from attn_deploy.export.artifact import Artifact, export_artifact
+from attn_deploy.export.pipeline import ExportResult, StageCallback
+from attn_deploy.models import ModelSpec, create_model, model_spec
+
+SAMPLE_SEED = 1234
+
+
+def parse_imgsz(imgsz: int | str | tuple[int, int] | None, spec: ModelSpec) -> tuple[int, int]:
+    """``640`` / ``"480,640"`` / ``(480, 640)`` / ``None`` (the model's default) -> (H, W), checked."""
+    if imgsz is None:
+        size = spec.input_size
+    elif isinstance(imgsz, int):
+        size = (imgsz, imgsz)
+    elif isinstance(imgsz, str):
+        parts = [p for p in imgsz.replace("x", ",").split(",") if p.strip()]
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) not in (1, 2):
+            raise ConfigError(f"--imgsz {imgsz!r} is not a size; use e.g. 640 or 480,640")
+        size = (values[0], values[-1])
+    else:
+        size = (int(imgsz[0]), int(imgsz[1]))
+    spec.check_size(*size)
+    return size
+
+
+def preprocess_info(spec: ModelSpec, size: tuple[int, int]) -> dict[str, Any]:
+    """The manifest's ``preprocess`` block: how raw images become the model's input."""
+    return {"kind": spec.preprocess, "size": list(size), "mean": list(spec.mean), "std": list(spec.std)}
+
+
+def export_zoo_model(
+    name: str,
+    *,
+    imgsz: int | str | tuple[int, int] | None = None,
+    batch: int = 1,
+    dynamic: bool = False,
+    opset: int = 18,
+    weights: str | os.PathLike[str] | None = None,
+    out_root: str | os.PathLike[str] = "engines",
+    target: str = "ort-fp32",
+    simplify: bool = True,
+    on_stage: StageCallback | None = None,
+) -> tuple[Artifact, ExportResult]:
+    """Create zoo model ``name`` and export it, verified, to ``<out_root>/<canonical name>/<target>/``.
+
+    The sample input is a deterministic synthetic image, preprocessed as the model expects.
+    ``dynamic`` makes batch, height and width dynamic.
+    """
+    spec = model_spec(name)
+    size = parse_imgsz(imgsz, spec)
+    if batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {batch}")
+    if on_stage:
+        on_stage("build model")
+    model = create_model(name, weights=weights)
+    sample = spec.normalize(synthetic_images(batch, size, seed=SAMPLE_SEED))
+    return export_artifact(
+        model,
+        sample,
+        Path(out_root) / spec.name / target,
+        model_name=spec.name,
+        target=target,
+        task=spec.task,
+        preprocess=preprocess_info(spec, size),
+        dynamic_batch=dynamic,
+        dynamic_hw=dynamic,
+        opset=opset,
+        simplify=simplify,
+        input_names=[spec.input_name],
+        output_names=list(spec.output_names),
+        on_stage=on_stage,
+    )

@@ -1,0 +1,123 @@
+"""The zoo's registry: architecture builders registered by name (timm's ``@register_model`` idea).
+
+A model name is ``"<arch>-<attention>"``. Each architecture registers one builder with the
+defaults of its family (task, input size, classes, preprocessing, where attention may go);
+``attn_deploy.models`` combines them with the attention registry into the model list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from attn_deploy.errors import InputError
+
+ATTN = "attn"
+"""Name of every attention submodule in zoo models; state_dict keys holding it belong to attention."""
+
+
+def is_attention_key(key: str) -> bool:
+    """True when a state_dict key or module name lies inside an attention submodule (``...attn...``)."""
+    return ATTN in key.split(".")
+
+
+@dataclass(frozen=True)
+class Family:
+    """Defaults shared by the architectures of one family (ResNet, YOLOv8)."""
+
+    task: Literal["detect", "classify"]
+    input_size: tuple[int, int]
+    num_classes: int
+    output_names: tuple[str, ...]
+    preprocess: Literal["letterbox", "resize_crop"]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    placements: tuple[str, ...]
+    """Where attention may go; the first is the default."""
+    size_divisor: int
+    """Input height and width must be multiples of this."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a deployer needs to know about a zoo model: its I/O contract and preprocessing.
+
+    Pixels are normalised as ``(rgb / 255 - mean) / std`` (``mean=0, std=1`` for YOLO: ``/255`` only).
+    """
+
+    name: str
+    arch: str
+    attention: str
+    task: Literal["detect", "classify"]
+    input_size: tuple[int, int]
+    num_classes: int
+    input_name: str
+    output_names: tuple[str, ...]
+    preprocess: Literal["letterbox", "resize_crop"]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    placement: str
+    size_divisor: int
+
+    def check_size(self, height: int, width: int) -> None:
+        """Raise ``InputError`` unless ``height`` and ``width`` are positive multiples of ``size_divisor``."""
+        check_input_size(self.name, height, width, self.size_divisor)
+
+    def normalize(self, images: np.ndarray) -> torch.Tensor:
+        """Turn ``uint8`` RGB images ``(N, H, W, 3)`` into the model's float32 input ``(N, 3, H, W)``."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+
+class Builder(Protocol):
+    """Builds an architecture with attention ``attention`` at ``placement``; ``attn_kwargs`` go to it."""
+
+    def __call__(
+        self, attention: str, *, num_classes: int, placement: str, **attn_kwargs: Any
+    ) -> nn.Module: ...
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A registered architecture."""
+
+    name: str
+    family: Family
+    build: Builder
+
+
+ARCHS: dict[str, Arch] = {}
+ARCH_ALIASES: dict[str, str] = {}
+
+
+def register_model(name: str, family: Family, aliases: tuple[str, ...] = ()) -> Callable[[Builder], Builder]:
+    """Decorator: register ``builder`` as architecture ``name`` (and its ``aliases``) of ``family``."""
+
+    def decorate(builder: Builder) -> Builder:
+        if name in ARCHS or any(a in ARCH_ALIASES for a in aliases):
+            raise ValueError(f"architecture {name!r} or one of its aliases is already registered")
+        ARCHS[name] = Arch(name, family, builder)
+        ARCH_ALIASES.update(dict.fromkeys(aliases, name))
+        return builder
+
+    return decorate
+
+
+def check_input_size(model: str, height: int, width: int, divisor: int) -> None:
+    """Raise a one-line ``InputError`` unless ``height`` and ``width`` are multiples of ``divisor``."""
+    if height < divisor or width < divisor or height % divisor or width % divisor:
+
+        def up(v: int) -> int:
+            return max(divisor, -(-v // divisor) * divisor)
+
+        raise InputError(
+            f"{model} needs input height and width that are multiples of {divisor}, got {height}x{width}; "
+            f"resize or letterbox to e.g. {up(height)}x{up(width)}"
+        )

@@ -1,0 +1,94 @@
+"""Load a user's state_dict into a zoo model (``torch.load(weights_only=True)``, never pickled code)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from attn_deploy.errors import WeightsError
+from attn_deploy.models.registry import is_attention_key
+
+log = logging.getLogger(__name__)
+
+_CONTAINER_KEYS = ("state_dict", "model")
+_SHOWN = 3
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> list[str]:
+    """Load the state_dict saved at ``path`` into ``model`` in place; return the keys left at their init.
+
+    ``path`` holds a raw state_dict, or a dict whose ``"state_dict"`` or ``"model"`` entry is one;
+    a ``"module."`` prefix (DataParallel) is stripped. Every model key must be present with the
+    same shape, except keys inside attention submodules (``attn``) and BatchNorm
+    ``num_batches_tracked`` counters: so a plain torchvision ResNet-50 checkpoint loads into
+    ``resnet50-se`` with SE at its default init. Anything else raises ``WeightsError``.
+    """
+    state = _read_state_dict(Path(path))
+    expected = model.state_dict()
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    missing = [k for k in expected if k not in state]
+    required = [k for k in missing if not (is_attention_key(k) or k.endswith("num_batches_tracked"))]
+    problems = [
+        (label, keys)
+        for label, keys in (
+            ("shape mismatch", mismatched),
+            ("unexpected keys", unexpected),
+            ("missing keys", required),
+        )
+        if keys
+    ]
+    if problems:
+        detail = "; ".join(f"{label}: {_first(keys)}" for label, keys in problems)
+        raise WeightsError(
+            f"weights '{path}' do not fit this model ({detail}); pass weights saved from the same model"
+        )
+    model.load_state_dict(state, strict=False)
+    left = [k for k in missing if is_attention_key(k)]
+    if left:
+        log.info(
+            "weights '%s' hold no attention weights; %d attention tensors keep their init", path, len(left)
+        )
+    return left
+
+
+def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    if not path.is_file():
+        raise WeightsError(
+            f"weights file '{path}' not found; pass --weights PATH to an existing .pt/.pth state_dict"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(
+            f"cannot read weights '{path}' as a plain state_dict ({first_line}); "
+            "save one with torch.save(model.state_dict(), PATH)"
+        ) from exc
+    for key in _CONTAINER_KEYS:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(
+            f"weights '{path}' hold no state_dict of tensors; "
+            "save one with torch.save(model.state_dict(), PATH)"
+        )
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    return obj
+
+
+def _first(keys: list[str]) -> str:
+    more = f" (+{len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
+    return ", ".join(keys[:_SHOWN]) + more

@@ -1,0 +1,118 @@
+"""INT8 calibration data and the calibration cache.
+
+The calibration set is a float32 batch preprocessed exactly as the model expects (letterbox for YOLO,
+resize + centre-crop for ResNet), from ``--calib-dir`` (jpg/png) or the built-in synthetic images.
+Its ``data_hash`` is the sha256 of the preprocessed array, so the same pixels give the same hash however
+they were found, and any changed pixel, size or normalisation changes it.
+
+Calibration (running the model over the set and reducing each tensor's values to a range) is the slow part of
+INT8; its result is cached as ONNX Runtime's calibration JSON, under a key that covers everything the ranges
+depend on: the model bytes, the data hash, the method and its settings, and the onnxruntime version. A
+changed input therefore gets a different file and never reads a stale one. The placement of Q/DQ nodes
+(which nodes are quantized) does not change the ranges and is not in the key, so trying both gate placements
+calibrates once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+from onnxruntime.quantization import CalibrationDataReader
+
+from attn_deploy.config import Int8Config, default_cache_dir
+from attn_deploy.data.preprocess import PreprocessSpec, load_image_dir
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Preprocessed calibration images for one model input, with a content hash and a description."""
+
+    input_name: str
+    images: np.ndarray  # float32 (N, 3, H, W)
+    source: str  # "synthetic(seed=0)" or the directory
+
+    @property
+    def data_hash(self) -> str:
+        """sha256 of the preprocessed batch (shape, dtype and bytes)."""
+        digest = hashlib.sha256(f"{self.images.shape}{self.images.dtype}".encode())
+        digest.update(np.ascontiguousarray(self.images).tobytes())
+        return digest.hexdigest()
+
+    def reader(self) -> ArrayDataReader:
+        """A fresh ONNX Runtime data reader over the images, one image per batch."""
+        return ArrayDataReader(self.input_name, self.images)
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest entry: where the images came from, how many, their hash."""
+        return {"source": self.source, "num_images": int(len(self.images)), "data_sha256": self.data_hash}
+
+
+def calibration_set(
+    input_name: str,
+    preprocess: PreprocessSpec,
+    *,
+    num_images: int,
+    calib_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+) -> CalibrationSet:
+    """Load up to ``num_images`` images from ``calib_dir`` (or make synthetic ones) and preprocess them."""
+    if calib_dir is not None:
+        raw = load_image_dir(calib_dir, limit=num_images)
+        source = str(calib_dir)
+    else:
+        from attn_deploy.data.synthetic import synthetic_images
+
+        raw = list(synthetic_images(num_images, size=preprocess.size, seed=seed))
+        source = f"synthetic(seed={seed})"
+    return CalibrationSet(input_name, preprocess(raw), source)
+
+
+class ArrayDataReader(CalibrationDataReader):
+    """ONNX Runtime calibration reader yielding ``{input_name: images[i:i+1]}`` in order."""
+
+    def __init__(self, input_name: str, images: np.ndarray) -> None:
+        self.input_name = input_name
+        self.images = images
+        self._iter: Iterator[dict[str, np.ndarray]] = self._batches()
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(len(self.images)):
+            yield {self.input_name: self.images[i : i + 1]}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next batch, or ``None`` when the set is exhausted (ONNX Runtime's protocol)."""
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        """Start over from the first image."""
+        self._iter = self._batches()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def calibration_key(model_bytes: bytes, data_hash: str, config: Int8Config) -> str:
+    """sha256 over everything calibration ranges depend on (model, data, method + settings, onnxruntime)."""
+    payload = {
+        "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "data_sha256": data_hash,
+        "method": config.calibration,
+        "percentile": config.percentile if config.calibration == "percentile" else None,
+        "symmetric": config.symmetric,
+        "onnxruntime": onnxruntime.__version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def calibration_cache_path(key: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where the calibration ranges for ``key`` live (``<cache_dir>/<key>.json``)."""
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir("calibration")
+    return folder / f"{key}.json"

@@ -1,0 +1,155 @@
+"""INT8 as Q/DQ nodes in the ONNX graph, calibrated with ONNX Runtime.
+
+What TensorRT's explicit quantization expects (TensorRT 11 has no implicit INT8 or calibrators): signed INT8,
+symmetric activations and weights (zero point 0), per-output-channel weight scales
+(https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/quantized-types-explicit-quantization.html).
+The same graph runs on ONNX Runtime's CPU provider, which fuses DQ -> op -> Q into integer kernels.
+
+Biases: ONNX Runtime's default quantizes a Conv bias to INT32 behind a DequantizeLinear, which ORT's CPU
+kernels fuse, but TensorRT's ONNX parser rejects ("only activation types allowed as input to this layer",
+onnx/onnx-tensorrt#850, microsoft/onnxruntime#17738). TensorRT targets therefore keep float biases
+(``quantize_bias=False``).
+
+Attention-aware placement (``int8.keep_gates_fp``): the gates of attention blocks (sigmoid/softmax and the
+multiply they scale, :func:`attn_deploy.precision.policy.attention_gate_nodes`) can be left unquantized. A
+sigmoid gate in INT8 has 128 levels in [0, 1] and scales a whole feature map; ``benchmarks/precision_eval.py``
+measures both placements on the zoo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+from attn_deploy.config import Int8Config
+from attn_deploy.errors import ExportError
+from attn_deploy.precision.calibration import CalibrationSet, calibration_cache_path, calibration_key
+from attn_deploy.precision.graph import GraphView, ensure_node_names
+from attn_deploy.precision.policy import attention_gate_nodes
+
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
+
+
+@dataclass
+class Int8Report:
+    """How the INT8 graph was made: calibration, cache use, excluded nodes, Q/DQ counts."""
+
+    method: str
+    calibration: dict[str, Any]  # source, num_images, data_sha256
+    cache_key: str
+    cache_hit: bool
+    keep_gates_fp: bool
+    quantize_bias: bool
+    excluded_nodes: list[str] = field(default_factory=list)
+    qdq_nodes: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary."""
+        return asdict(self)
+
+
+def excluded_nodes(model: onnx.ModelProto, config: Int8Config) -> list[str]:
+    """Names of the nodes left unquantized: attention gates (if ``keep_gates_fp``) and ``exclude_op_types``."""
+    view = GraphView(model)
+    names = set(attention_gate_nodes(view, config.gate_op_types)) if config.keep_gates_fp else set()
+    names.update(n.name for n in view.graph.node if n.op_type in config.exclude_op_types)
+    return sorted(names)
+
+
+def quantize_int8(
+    model: onnx.ModelProto,
+    calib: CalibrationSet,
+    config: Int8Config | None = None,
+    *,
+    quantize_bias: bool = True,
+    cache_dir: str | Path | None = None,
+) -> tuple[onnx.ModelProto, Int8Report]:
+    """Return a Q/DQ INT8 copy of the FP32 ``model`` calibrated on ``calib``, and a report.
+
+    Calibration ranges are read from / written to the cache (``cache_dir``, else ``config.cache_dir``, else
+    the user cache) under :func:`~attn_deploy.precision.calibration.calibration_key`.
+    """
+    config = config or Int8Config()
+    start = time.perf_counter()
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    ensure_node_names(work)
+    key = calibration_key(work.SerializeToString(), calib.data_hash, config)
+    cache_path = calibration_cache_path(key, cache_dir if cache_dir is not None else config.cache_dir)
+    cache_hit = cache_path.is_file()
+    exclude = excluded_nodes(work, config)
+    extra_options = {
+        "ActivationSymmetric": config.symmetric,
+        "WeightSymmetric": True,
+        "QuantizeBias": quantize_bias,
+        "CalibTensorRangeSymmetric": config.symmetric,
+        "CalibPercentile": config.percentile,
+    }
+    with tempfile.TemporaryDirectory(prefix="attn-deploy-int8-") as tmp, _quiet_ort_quantization():
+        out = Path(tmp) / "model.int8.onnx"
+        try:
+            quantize_static(
+                work,
+                out,
+                calib.reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=config.per_channel,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=exclude,
+                calibrate_method=CALIBRATION_METHODS[config.calibration],
+                extra_options=extra_options,
+                calibration_cache_path=cache_path,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ExportError(f"INT8 quantization failed: {str(exc).splitlines()[0]}") from None
+        quantized = onnx.load(str(out))
+    qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node)
+    report = Int8Report(
+        method=config.calibration,
+        calibration=calib.describe(),
+        cache_key=key,
+        cache_hit=cache_hit,
+        keep_gates_fp=config.keep_gates_fp,
+        quantize_bias=quantize_bias,
+        excluded_nodes=exclude,
+        qdq_nodes=qdq,
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    return quantized, report
+
+
+class _DropPreprocessHint(logging.Filter):
+    """ONNX Runtime logs a "consider pre-processing" warning on every call; our graphs are already simplified."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_ort_quantization() -> Iterator[None]:
+    """Silence ONNX Runtime's pre-processing hint and the progress lines its histogram calibrators print."""
+    hint = _DropPreprocessHint()
+    root = logging.getLogger()
+    root.addFilter(hint)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.removeFilter(hint)

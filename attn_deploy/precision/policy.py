@@ -1,0 +1,169 @@
+"""Precision policies for attention blocks: which nodes stay FP32 in an FP16 graph, which are attention gates.
+
+FP16 (max 65504, 11-bit mantissa) fails in attention blocks in predictable places:
+
+* normalization statistics: the variance's squared deviations overflow once |x - mean| > 256 (EMA's
+  GroupNorm, exported as InstanceNormalization; SimAM's energy term; hand-written LayerNorm/GroupNorm);
+* softmax inputs: exp() of large logits, and the sum of many exponentials;
+* large reductions: a sum over thousands of elements leaves the FP16 range or loses the small terms.
+
+:func:`fp32_nodes` names the nodes of a graph that stay FP32 under a :class:`~attn_deploy.config.Fp16Config`
+and why. :func:`attention_gate_nodes` names the gates (sigmoid/softmax) and the multiplies they scale, which the
+INT8 pass may leave unquantized.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+
+from attn_deploy.config import Fp16Config
+from attn_deploy.precision.graph import GraphView
+
+REDUCE_OPS = ("ReduceMean", "ReduceSum")
+POOL_REDUCTIONS = ("ReduceMean", "GlobalAveragePool")
+# Elementwise steps between a variance and the normalizing division: + eps, sqrt, 1/x, scaling by constants.
+STAT_CHAIN_OPS = ("Add", "Sub", "Mul", "Div", "Sqrt", "Reciprocal", "Pow", "Max", "Clip", "Cast")
+# Ops whose float inputs ONNX defines as float32 only: never converted.
+FP32_ONLY_OPS = ("NonMaxSuppression",)
+
+
+def fp32_nodes(view: GraphView, config: Fp16Config) -> dict[str, str]:
+    """Node name -> reason, for every node the FP16 policy keeps in FP32."""
+    keep: dict[str, str] = {}
+    for node in view.graph.node:
+        if node.op_type in FP32_ONLY_OPS:
+            keep[node.name] = "defined for float32 only"
+        elif node.op_type in config.keep_fp32_ops:
+            keep[node.name] = f"{node.op_type} kept FP32 (fp16.keep_fp32_ops)"
+        elif node.domain not in ("", "ai.onnx"):
+            keep[node.name] = f"custom domain {node.domain!r}"
+        elif node.op_type in POOL_REDUCTIONS:
+            extent = reduced_extent(view, node)
+            if extent is None or extent >= config.large_reduction:
+                shown = "unknown (dynamic)" if extent is None else str(extent)
+                keep[node.name] = f"reduction over {shown} elements (fp16.large_reduction={config.large_reduction})"
+        elif _weights_exceed_fp16(view, node):
+            keep[node.name] = "constant input exceeds the FP16 range"
+    if config.keep_norm_patterns:
+        for name in normalization_statistics(view):
+            keep.setdefault(name, "normalization statistics (mean/variance chain)")
+    return keep
+
+
+def reduced_extent(view: GraphView, node: onnx.NodeProto) -> int | None:
+    """How many elements one output value of a ReduceMean/GlobalAveragePool sums; ``None`` if not static."""
+    shape = view.shape(node.input[0])
+    if shape is None:
+        return None
+    if node.op_type == "GlobalAveragePool":
+        axes = list(range(2, len(shape)))
+    else:
+        axes_value = view.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        attr = next((a for a in node.attribute if a.name == "axes"), None)
+        if axes_value is not None:
+            axes = [int(a) for a in np.ravel(axes_value)]
+        elif attr is not None:
+            axes = list(attr.ints)
+        else:
+            axes = list(range(len(shape)))  # reduce over everything (noop_with_empty_axes=0)
+    dims = [shape[a % len(shape)] for a in axes]
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    return math.prod(int(d) for d in dims)  # type: ignore[arg-type]
+
+
+def normalization_statistics(view: GraphView) -> list[str]:
+    """Nodes of decomposed mean/variance computations: ``r = Reduce((x - mean)^2)`` and what follows.
+
+    Found by what is computed, not by module names: a square (``Pow(d, 2)`` or ``Mul(d, d)``) feeding a
+    ReduceMean/ReduceSum. Kept: the centering ``Sub`` and its mean, the square, the reduction, and the
+    elementwise chain after it (+eps, sqrt, reciprocal, constant scaling) up to and including the first node
+    that combines the statistic with a tensor outside the chain (the normalizing division/multiply).
+    """
+    names: set[str] = set()
+    for square in view.graph.node:
+        if not _is_square(view, square):
+            continue
+        reductions = [c for c in view.consumers[square.output[0]] if c.op_type in REDUCE_OPS]
+        if not reductions:
+            continue
+        names.add(square.name)
+        centered = view.producer.get(square.input[0])
+        if centered is not None and centered.op_type == "Sub":
+            names.add(centered.name)
+            mean = view.producer.get(centered.input[1])
+            if mean is not None and mean.op_type in REDUCE_OPS:
+                names.add(mean.name)
+        for reduction in reductions:
+            names.add(reduction.name)
+            names.update(_statistic_chain(view, reduction, stat_tensors={square.output[0]}))
+    return sorted(names)
+
+
+def _statistic_chain(view: GraphView, start: onnx.NodeProto, stat_tensors: set[str]) -> list[str]:
+    """Follow the statistic from ``start`` through elementwise ops until it meets a full-size tensor."""
+    chain: list[str] = []
+    frontier = [start]
+    stats = set(stat_tensors) | set(start.output)
+    while frontier:
+        node = frontier.pop()
+        for consumer in view.consumers[node.output[0]]:
+            if consumer.op_type not in STAT_CHAIN_OPS or consumer.name in chain:
+                continue
+            chain.append(consumer.name)
+            others = [i for i in consumer.input if i and i not in stats and view.constant(i) is None]
+            if others:  # combines the statistic with another tensor: the normalizing step, stop here
+                continue
+            stats.update(consumer.output)
+            frontier.append(consumer)
+    return chain
+
+
+def _is_square(view: GraphView, node: onnx.NodeProto) -> bool:
+    if node.op_type == "Mul":
+        return len(node.input) == 2 and node.input[0] == node.input[1]
+    if node.op_type == "Pow":
+        exponent = view.constant(node.input[1])
+        return exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 2.0
+    return False
+
+
+def _weights_exceed_fp16(view: GraphView, node: onnx.NodeProto) -> bool:
+    fp16_max = float(np.finfo(np.float16).max)
+    for name in node.input:
+        if name in view.initializers and view.initializers[name].data_type == onnx.TensorProto.FLOAT:
+            value = view.constant(name)
+            if value is not None and value.size and float(np.abs(value).max()) > fp16_max:
+                return True
+    return False
+
+
+def attention_gate_nodes(view: GraphView, gate_op_types: tuple[str, ...]) -> list[str]:
+    """Gate nodes (``gate_op_types``: sigmoid, softmax, ...) and the ``Mul`` nodes they scale.
+
+    A gate's output may reach its multiply through shape-only ops (Reshape, Expand, Unsqueeze, ...), as in
+    SE/ECA (gate of shape B x C x 1 x 1) or CoordAtt (two directional gates). A ``Mul`` counts as gating when
+    one of its inputs is such a gate output; Swish/SiLU (``x * sigmoid(x)``) is not a gate and is skipped.
+    """
+    passthrough = ("Reshape", "Expand", "Unsqueeze", "Squeeze", "Transpose", "Flatten", "Identity")
+    names: list[str] = []
+    for gate in view.graph.node:
+        if gate.op_type not in gate_op_types:
+            continue
+        gate_inputs = {gate.input[0]}
+        muls: list[str] = []
+        frontier = list(gate.output)
+        while frontier:
+            tensor = frontier.pop()
+            for consumer in view.consumers[tensor]:
+                if consumer.op_type in passthrough:
+                    frontier.extend(consumer.output)
+                elif consumer.op_type == "Mul" and not gate_inputs & set(consumer.input):
+                    muls.append(consumer.name)
+        if muls:
+            names.append(gate.name)
+            names.extend(muls)
+    return sorted(set(names))

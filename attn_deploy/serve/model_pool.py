@@ -1,0 +1,159 @@
+"""The served models: one ONNX Runtime session per artifact, shared by the worker threads of one pool."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+from attn_deploy.backends.ort import OrtRunner
+from attn_deploy.errors import ConfigError, ModelNotFoundError
+from attn_deploy.export.artifact import Artifact, load_artifact
+from attn_deploy.serve.batcher import BatchResult, MicroBatcher
+from attn_deploy.serve.metrics import ModelMetrics
+from attn_deploy.serve.model_config import ONNX_PLATFORM, build_model_config
+from attn_deploy.serve.protocol import ProtocolError
+from attn_deploy.serve.signature import ModelSignature, read_signature
+
+MODEL_VERSION = "1"
+DEVICES = {"cpu": ("CPUExecutionProvider",), "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider")}
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the server runs its models.
+
+    Batching is on for a model whose batch dimension is dynamic when ``max_batch > 1``: requests that
+    arrive within ``max_delay_ms`` are executed together, up to ``max_batch`` items. ``threads`` worker
+    threads run inference; each ORT run uses ``intra_op_threads`` (default: CPU cores / threads).
+    """
+
+    max_batch: int = 8
+    max_delay_ms: float = 2.0
+    threads: int = 2
+    intra_op_threads: int | None = None
+    max_body_mb: float = 64.0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
+        if self.max_delay_ms < 0:
+            raise ConfigError(f"--max-delay-ms must be >= 0, got {self.max_delay_ms}")
+        if self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        if self.max_body_mb <= 0:
+            raise ConfigError(f"--max-body-mb must be > 0, got {self.max_body_mb}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"--device must be one of {sorted(DEVICES)}, got {self.device!r}")
+
+    @property
+    def ort_threads(self) -> int:
+        """Intra-op threads of each ORT run."""
+        return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.threads)
+
+
+class ServedModel:
+    """One artifact behind the v2 protocol: its signature, session, batcher and counters."""
+
+    def __init__(self, artifact: Artifact, options: ServeOptions, executor: ThreadPoolExecutor) -> None:
+        self.artifact = artifact
+        self.name = artifact.name
+        self.version = MODEL_VERSION
+        self.signature: ModelSignature = read_signature(artifact.onnx_path)
+        self.runner = OrtRunner(
+            artifact.onnx_path, providers=DEVICES[options.device], threads=options.ort_threads
+        )
+        self.runner.activate()
+        self.batching = self.signature.dynamic_batch and options.max_batch > 1
+        self.max_batch = options.max_batch if self.batching else 0
+        self.max_delay_us = round(options.max_delay_ms * 1000)
+        self.metrics = ModelMetrics(self.name, self.version)
+        self.batcher = MicroBatcher(
+            self._run,
+            executor,
+            max_batch=options.max_batch if self.batching else 1,
+            max_delay_s=options.max_delay_ms / 1000,
+            on_execution=self.metrics.record_execution,
+        )
+
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            return self.runner.infer(feed)
+        except InvalidArgument as exc:
+            first_line = str(exc).strip().splitlines()[0]
+            raise ProtocolError(f"model '{self.name}' rejected the input: {first_line}") from None
+
+    async def infer(self, inputs: dict[str, np.ndarray]) -> BatchResult:
+        """Run one validated request (batched with concurrent ones when batching is on)."""
+        self.metrics.add_pending(1)
+        try:
+            return await self.batcher.infer(inputs)
+        finally:
+            self.metrics.add_pending(-1)
+
+    def metadata(self) -> dict[str, Any]:
+        """The v2 ``$metadata_model_response``."""
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": ONNX_PLATFORM,
+            "inputs": [t.metadata() for t in self.signature.inputs],
+            "outputs": [t.metadata() for t in self.signature.outputs],
+        }
+
+    def config(self) -> dict[str, Any]:
+        """The Triton model configuration this server effectively runs."""
+        return build_model_config(
+            self.name, self.signature, max_batch_size=self.max_batch, max_queue_delay_us=self.max_delay_us
+        )
+
+
+class ModelPool:
+    """All served models by name, and the worker threads they share."""
+
+    def __init__(self, artifact_dirs: Sequence[str | os.PathLike[str]], options: ServeOptions) -> None:
+        if not artifact_dirs:
+            raise ConfigError("no artifact directories given; pass e.g. engines/<model>/ort-fp32")
+        self.options = options
+        self.executor = ThreadPoolExecutor(options.threads, thread_name_prefix="attn-serve")
+        self.models: dict[str, ServedModel] = {}
+        try:
+            for directory in artifact_dirs:
+                model = ServedModel(load_artifact(Path(directory)), options, self.executor)
+                if model.name in self.models:
+                    raise ConfigError(
+                        f"two artifacts are model '{model.name}' ({directory}); serve one target per model"
+                    )
+                self.models[model.name] = model
+        except BaseException:
+            self.executor.shutdown(wait=False)
+            raise
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        """The model ``name`` (at ``version``, when given); ModelNotFoundError (HTTP 404) otherwise."""
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFoundError(
+                f"unknown model '{name}'; served models: {', '.join(sorted(self.models))}"
+            )
+        if version not in (None, "", model.version):
+            raise ModelNotFoundError(
+                f"model '{name}' has no version '{version}'; served version: {model.version}"
+            )
+        return model
+
+    def flush(self) -> None:
+        """Start every queued request now."""
+        for model in self.models.values():
+            model.batcher.flush_all()
+
+    def close(self) -> None:
+        """Wait for running inferences, then stop the worker threads."""
+        self.executor.shutdown(wait=True)

@@ -1,0 +1,317 @@
+"""KServe v2 inference request/response bodies, with Triton's binary tensor data extension.
+
+Request: a JSON object, optionally followed by the raw bytes of the inputs whose ``parameters``
+carry ``binary_data_size``; the ``Inference-Header-Content-Length`` HTTP header then gives the JSON
+part's length. Outputs come back as binary when their requested ``parameters.binary_data`` is true,
+or, for outputs that do not say, when the request's ``parameters.binary_data_output`` is true; the
+response then carries the same header. Binary tensors are little-endian, row major, no padding;
+BOOL is one byte per element; a BYTES element is a 4-byte little-endian length followed by the bytes.
+Source: Triton "Binary Tensor Data Extension"
+(https://docs.nvidia.com/deeplearning/triton-inference-server/user-guide/docs/protocol/extension_binary_data.html)
+and the KServe copy (https://kserve.github.io/website/docs/concepts/architecture/data-plane/v2-protocol/
+binary-tensor-data-extension). tritonclient 2.73 (``tritonclient/http/_utils.py``
+``_get_inference_request``) sends ``binary_data_output: true`` when no outputs are named, and its
+``InferResult`` reads ``parameters.binary_data_size`` of each output in order to slice the tail.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from attn_deploy.errors import InputError
+from attn_deploy.serve.dtypes import numpy_dtype, v2_datatype_of_numpy
+from attn_deploy.serve.signature import ModelSignature, TensorSpec, element_count
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+class ProtocolError(InputError):
+    """An inference request the server cannot accept; answered with ``status`` (400 unless overridden)."""
+
+    status = 400
+
+
+class PayloadTooLargeError(ProtocolError):
+    """The request body is over the server's size limit (HTTP 413)."""
+
+    status = 413
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """An output the client asked for, and whether it wants it as binary data."""
+
+    name: str
+    binary: bool
+
+
+@dataclass
+class InferRequest:
+    """A decoded, validated inference request: numpy inputs by name and the outputs to return."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: list[RequestedOutput]
+    id: str | None = None
+
+
+def error_body(message: str) -> bytes:
+    """The v2 error object ``{"error": message}`` as bytes."""
+    return json.dumps({"error": message}).encode()
+
+
+def parse_header_length(value: str | None) -> int | None:
+    """The ``Inference-Header-Content-Length`` header as an int (None when absent)."""
+    if value is None:
+        return None
+    try:
+        length = int(value)
+    except ValueError:
+        raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {value!r}") from None
+    if length < 0:
+        raise ProtocolError(f"{HEADER_LENGTH} must be >= 0, got {length}")
+    return length
+
+
+def decode_infer_request(body: bytes, header_length: int | None, signature: ModelSignature) -> InferRequest:
+    """Parse and validate an inference request body against the model ``signature``.
+
+    Raises ProtocolError with a one-line message for anything the model cannot take: malformed JSON,
+    unknown or missing inputs, wrong datatype, rank or static dimension, data that does not fill the
+    shape, and binary sizes that do not add up to the bytes after the JSON header.
+    """
+    if header_length is None:
+        header_length = len(body)
+    if header_length > len(body):
+        raise ProtocolError(f"{HEADER_LENGTH} is {header_length} but the body has only {len(body)} bytes")
+    header = _parse_json_object(body[:header_length])
+    tail = memoryview(body)[header_length:]
+    inputs_json = header.get("inputs")
+    if not isinstance(inputs_json, list) or not inputs_json:
+        raise ProtocolError('inference request needs a non-empty "inputs" list')
+
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in inputs_json:
+        spec, shape, params = _check_input_header(item, signature)
+        if spec.name in inputs:
+            raise ProtocolError(f"input '{spec.name}' appears twice in the request")
+        if "binary_data_size" in params:
+            if "data" in item:
+                raise ProtocolError(f"input '{spec.name}' has both JSON data and binary_data_size")
+            size = params["binary_data_size"]
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ProtocolError(f"input '{spec.name}': binary_data_size must be an integer >= 0")
+            if offset + size > len(tail):
+                raise ProtocolError(
+                    f"binary_data_size of the inputs up to '{spec.name}' adds up to {offset + size} bytes, "
+                    f"but only {len(tail)} bytes follow the JSON header"
+                )
+            inputs[spec.name] = _array_from_binary(tail[offset : offset + size], spec, shape)
+            offset += size
+        elif "data" in item:
+            inputs[spec.name] = _array_from_json(item["data"], spec, shape)
+        elif "shared_memory_region" in params:
+            raise ProtocolError(f"input '{spec.name}': shared memory is not supported by this server")
+        else:
+            raise ProtocolError(f"input '{spec.name}' has neither \"data\" nor parameters.binary_data_size")
+    if offset != len(tail):
+        raise ProtocolError(
+            f"{len(tail)} bytes follow the JSON header but the inputs' binary_data_size add up to {offset}"
+        )
+    missing = [t.name for t in signature.inputs if t.name not in inputs]
+    if missing:
+        raise ProtocolError(f"missing input(s) {', '.join(missing)}; the model needs all of its inputs")
+    request_id = header.get("id")
+    return InferRequest(
+        inputs=inputs,
+        outputs=_requested_outputs(header, signature),
+        id=None if request_id is None else str(request_id),
+    )
+
+
+def encode_infer_response(
+    model_name: str,
+    model_version: str,
+    outputs: dict[str, np.ndarray],
+    requested: list[RequestedOutput],
+    request_id: str | None = None,
+) -> tuple[bytes, int | None]:
+    """Build the response body; returns ``(body, header_length)``, header_length None for pure JSON."""
+    response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        response["id"] = request_id
+    entries: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for want in requested:
+        array = outputs[want.name]
+        datatype = v2_datatype_of_numpy(array.dtype)
+        entry: dict[str, Any] = {"name": want.name, "datatype": datatype, "shape": list(array.shape)}
+        if want.binary:
+            raw = tensor_to_bytes(array, datatype)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = _json_data(array, datatype)
+        entries.append(entry)
+    response["outputs"] = entries
+    header = json.dumps(response, separators=(",", ":")).encode()
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+def tensor_to_bytes(array: np.ndarray, datatype: str) -> bytes:
+    """Raw binary-extension bytes of ``array`` (BYTES elements length-prefixed)."""
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(b)) + b for b in map(_as_bytes, array.ravel()))
+    return np.ascontiguousarray(array, dtype=numpy_dtype(datatype)).tobytes()
+
+
+def tensor_from_bytes(raw: bytes | memoryview, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of ``tensor_to_bytes``; ValueError when ``raw`` does not hold exactly ``shape``."""
+    count = element_count(shape)
+    if datatype == "BYTES":
+        elements = list(_split_bytes_elements(raw))
+        if len(elements) != count:
+            raise ValueError(f"holds {len(elements)} BYTES elements, shape {list(shape)} needs {count}")
+        out = np.empty(count, dtype=object)
+        out[:] = elements
+        return out.reshape(shape)
+    dtype = numpy_dtype(datatype)
+    if len(raw) != count * dtype.itemsize:
+        raise ValueError(
+            f"is {len(raw)} bytes, shape {list(shape)} of {datatype} needs {count * dtype.itemsize}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _parse_json_object(raw: bytes | memoryview) -> dict[str, Any]:
+    try:
+        header = json.loads(bytes(raw))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"malformed JSON in the inference request: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("the inference request must be a JSON object")
+    return header
+
+
+def _check_input_header(item: Any, signature: ModelSignature) -> tuple[TensorSpec, tuple[int, ...], dict]:
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise ProtocolError('each request input must be an object with a "name"')
+    name = item["name"]
+    spec = signature.input(name)
+    if spec is None:
+        expected = ", ".join(t.name for t in signature.inputs)
+        raise ProtocolError(f"unknown input '{name}'; the model's inputs are: {expected}")
+    datatype = item.get("datatype")
+    if datatype != spec.datatype:
+        raise ProtocolError(f"input '{name}' has datatype {datatype!r}, the model expects {spec.datatype}")
+    raw_shape = item.get("shape")
+    if not isinstance(raw_shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw_shape
+    ):
+        raise ProtocolError(f"input '{name}': shape must be a list of integers >= 0, got {raw_shape!r}")
+    shape = tuple(raw_shape)
+    if not spec.accepts_shape(shape):
+        raise ProtocolError(
+            f"input '{name}' has shape {list(shape)}, the model expects {list(spec.shape)} (-1 = any size)"
+        )
+    params = item.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ProtocolError(f"input '{name}': parameters must be an object")
+    return spec, shape, params
+
+
+def _array_from_binary(raw: memoryview, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        return tensor_from_bytes(raw, spec.datatype, shape)
+    except ValueError as exc:
+        raise ProtocolError(f"input '{spec.name}': binary data {exc}") from None
+
+
+def _array_from_json(data: Any, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+    count = element_count(shape)
+    try:
+        if spec.datatype == "BYTES":
+            flat = [_as_bytes(x) for x in _flatten(data)]
+            array = np.empty(len(flat), dtype=object)
+            array[:] = flat
+        else:
+            array = np.asarray(data, dtype=numpy_dtype(spec.datatype))
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ProtocolError(f"input '{spec.name}': data does not convert to {spec.datatype}: {exc}") from None
+    if array.size != count:
+        raise ProtocolError(
+            f"input '{spec.name}' has {array.size} data elements, shape {list(shape)} needs {count}"
+        )
+    return array.reshape(shape)
+
+
+def _requested_outputs(header: dict[str, Any], signature: ModelSignature) -> list[RequestedOutput]:
+    params = header.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ProtocolError("request parameters must be an object")
+    binary_default = bool(params.get("binary_data_output", False))
+    outputs_json = header.get("outputs")
+    if outputs_json is None:
+        return [RequestedOutput(t.name, binary_default) for t in signature.outputs]
+    if not isinstance(outputs_json, list):
+        raise ProtocolError('"outputs" must be a list of objects with a "name"')
+    requested = []
+    for item in outputs_json:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ProtocolError('each requested output must be an object with a "name"')
+        if signature.output(item["name"]) is None:
+            expected = ", ".join(t.name for t in signature.outputs)
+            raise ProtocolError(f"unknown output '{item['name']}'; the model's outputs are: {expected}")
+        out_params = item.get("parameters") or {}
+        if not isinstance(out_params, dict):
+            raise ProtocolError(f"output '{item['name']}': parameters must be an object")
+        if "classification" in out_params or "shared_memory_region" in out_params:
+            raise ProtocolError(
+                f"output '{item['name']}': classification and shared memory are not supported"
+            )
+        requested.append(RequestedOutput(item["name"], bool(out_params.get("binary_data", binary_default))))
+    return requested
+
+
+def _json_data(array: np.ndarray, datatype: str) -> list[Any]:
+    if datatype == "BYTES":
+        return [_as_bytes(x).decode("utf-8", errors="replace") for x in array.ravel()]
+    return array.ravel().tolist()
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise TypeError(f"BYTES elements must be strings, got {type(value).__name__}")
+
+
+def _flatten(data: Any) -> Iterator[Any]:
+    if isinstance(data, list):
+        for item in data:
+            yield from _flatten(item)
+    else:
+        yield data
+
+
+def _split_bytes_elements(raw: bytes | memoryview) -> Iterator[bytes]:
+    view = memoryview(raw)
+    pos = 0
+    while pos < len(view):
+        if pos + 4 > len(view):
+            raise ValueError("ends inside a BYTES length prefix")
+        (length,) = struct.unpack_from("<I", view, pos)
+        pos += 4
+        if pos + length > len(view):
+            raise ValueError("has a BYTES element running past its end")
+        yield bytes(view[pos : pos + length])
+        pos += length

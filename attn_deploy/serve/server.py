@@ -1,0 +1,295 @@
+"""aiohttp server speaking the KServe v2 / Open Inference Protocol over HTTP, as Triton does.
+
+Endpoints (https://kserve.github.io/website/docs/concepts/architecture/data-plane/v2-protocol and
+Triton's protocol extensions ``binary_tensor_data`` and ``model_configuration``)::
+
+    GET  /v2                                  server metadata
+    GET  /v2/health/live | /v2/health/ready   200, or 503 while shutting down
+    GET  /v2/models/{m}[/versions/{v}]        model metadata
+    GET  /v2/models/{m}[/versions/{v}]/ready  200, or 503 while shutting down
+    GET  /v2/models/{m}[/versions/{v}]/config Triton model configuration (JSON)
+    POST /v2/models/{m}[/versions/{v}]/infer  inference, JSON and binary tensors
+    GET  /metrics                             Prometheus text, Triton metric names
+
+Errors are ``{"error": "<one line>"}`` with 400 (bad request), 404 (unknown model/version/route),
+413 (body over the limit), 500 (inference failed) or 503 (shutting down). Inference runs in worker
+threads; the event loop only parses, queues and answers. Shutdown stops accepting connections, then
+lets in-flight requests finish (up to ``shutdown_timeout``) before the workers stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from attn_deploy import __version__
+from attn_deploy.errors import AttnDeployError, ConfigError, InputError, ModelNotFoundError
+from attn_deploy.serve.batcher import batch_size_of
+from attn_deploy.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from attn_deploy.serve.metrics import render_prometheus
+from attn_deploy.serve.model_pool import ModelPool, ServedModel, ServeOptions
+from attn_deploy.serve.protocol import (
+    HEADER_LENGTH,
+    PayloadTooLargeError,
+    ProtocolError,
+    decode_infer_request,
+    encode_infer_response,
+    error_body,
+    parse_header_length,
+)
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "attn-deploy"
+EXTENSIONS = ("binary_tensor_data", "model_configuration")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ServerUnavailableError(AttnDeployError):
+    """The server is shutting down and takes no new inference requests (HTTP 503)."""
+
+
+def _status_of(exc: Exception) -> int:
+    if isinstance(exc, ProtocolError):
+        return exc.status
+    if isinstance(exc, ModelNotFoundError):
+        return 404
+    if isinstance(exc, ServerUnavailableError):
+        return 503
+    if isinstance(exc, InputError):
+        return 400
+    return 500
+
+
+def _error_response(status: int, message: str) -> web.Response:
+    one_line = " ".join(message.split()) or "internal server error"
+    return web.Response(status=status, body=error_body(one_line), content_type="application/json")
+
+
+def _json_response(obj: Any) -> web.Response:
+    return web.Response(body=json.dumps(obj).encode(), content_type="application/json")
+
+
+@web.middleware
+async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes ``{"error": ...}`` with its status; unexpected ones are logged."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error_response(exc.status, f"{exc.reason}: {request.method} {request.path}")
+    except AttnDeployError as exc:
+        return _error_response(_status_of(exc), str(exc))
+    except Exception as exc:
+        log.exception("inference request failed")
+        lines = str(exc).strip().splitlines()
+        return _error_response(500, f"{type(exc).__name__}: {lines[0] if lines else ''}")
+
+
+class V2Server:
+    """The HTTP front of a ModelPool; ``start`` / ``stop`` inside a running event loop."""
+
+    def __init__(self, pool: ModelPool, *, shutdown_timeout: float = 30.0) -> None:
+        self.pool = pool
+        self.shutdown_timeout = shutdown_timeout
+        self.max_body_bytes = int(pool.options.max_body_mb * 1024 * 1024)
+        self.draining = False
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self.app = self._build_app()
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(middlewares=[_errors_as_json], client_max_size=self.max_body_bytes)
+        model = "/v2/models/{model}"
+        versioned = "/v2/models/{model}/versions/{version}"
+        app.router.add_get("/v2", self._server_metadata)
+        app.router.add_get("/v2/health/live", self._live)
+        app.router.add_get("/v2/health/ready", self._ready)
+        app.router.add_get("/metrics", self._metrics)
+        for prefix in (model, versioned):
+            app.router.add_get(prefix, self._model_metadata)
+            app.router.add_get(prefix + "/ready", self._model_ready)
+            app.router.add_get(prefix + "/config", self._model_config)
+            app.router.add_post(prefix + "/infer", self._infer)
+        return app
+
+    def _model(self, request: web.Request) -> ServedModel:
+        return self.pool.get(request.match_info["model"], request.match_info.get("version"))
+
+    def _check_ready(self) -> None:
+        if self.draining:
+            raise ServerUnavailableError("server is shutting down; retry on another replica")
+
+    async def _server_metadata(self, request: web.Request) -> web.Response:
+        return _json_response({"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)})
+
+    async def _live(self, request: web.Request) -> web.Response:
+        return web.Response()
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        self._check_ready()
+        return web.Response()
+
+    async def _model_metadata(self, request: web.Request) -> web.Response:
+        return _json_response(self._model(request).metadata())
+
+    async def _model_ready(self, request: web.Request) -> web.Response:
+        self._model(request)
+        self._check_ready()
+        return web.Response()
+
+    async def _model_config(self, request: web.Request) -> web.Response:
+        return _json_response(self._model(request).config())
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        text = render_prometheus(m.metrics for m in self.pool.models.values())
+        return web.Response(body=text.encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        too_large = PayloadTooLargeError(
+            f"request body is over the {self.pool.options.max_body_mb:g} MB limit; "
+            "send fewer items per request or raise --max-body-mb"
+        )
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise too_large
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
+
+    async def _infer(self, request: web.Request) -> web.Response:
+        model = self._model(request)
+        self._check_ready()
+        started = time.perf_counter()
+        try:
+            body = await self._read_body(request)
+            header_length = parse_header_length(request.headers.get(HEADER_LENGTH))
+            decoded = decode_infer_request(body, header_length, model.signature)
+            result = await model.infer(decoded.inputs)
+            payload, response_header_length = encode_infer_response(
+                model.name, model.version, result.outputs, decoded.outputs, decoded.id
+            )
+        except Exception:
+            model.metrics.record_failure((time.perf_counter() - started) * 1e6)
+            raise
+        model.metrics.record_success(
+            batch_size_of(decoded.inputs) or 1, (time.perf_counter() - started) * 1e6, result.queue_us
+        )
+        if response_header_length is None:
+            response = web.Response(body=payload, content_type="application/json")
+        else:
+            response = web.Response(
+                body=payload,
+                content_type="application/octet-stream",
+                headers={HEADER_LENGTH: str(response_header_length)},
+            )
+        if request.headers.get("Accept-Encoding"):
+            response.enable_compression()  # gzip/deflate as Accept-Encoding asks; tritonclient decodes both
+        return response
+
+    async def start(self, host: str = "127.0.0.1", port: int = 8000) -> int:
+        """Listen on ``host:port`` (port 0: any free port); returns the bound port."""
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.shutdown_timeout)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port"
+            ) from None
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        return self.port
+
+    async def stop(self) -> None:
+        """Graceful shutdown: refuse new work, finish in-flight requests, then stop the workers."""
+        self.draining = True
+        self.pool.flush()
+        if self._runner is not None:
+            await self._runner.cleanup()  # closes the listener, then waits for running handlers
+            self._runner = None
+        await asyncio.get_running_loop().run_in_executor(None, self.pool.close)
+
+
+async def serve_until_signalled(
+    server: V2Server, host: str, port: int, on_started: Callable[[int], None] | None = None
+) -> None:
+    """Run ``server`` until SIGINT or SIGTERM, then shut it down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    bound = await server.start(host, port)
+    if on_started is not None:
+        on_started(bound)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+class BackgroundServer:
+    """A V2Server on its own event loop in a background thread (tests, benchmarks, notebooks).
+
+    ``with BackgroundServer(["engines/m/ort-fp32"]) as srv: ... srv.url`` -- stops gracefully on exit.
+    """
+
+    def __init__(
+        self,
+        artifact_dirs: Sequence[str | os.PathLike[str]],
+        options: ServeOptions | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        self.host = host
+        self.server = V2Server(
+            ModelPool(artifact_dirs, options or ServeOptions()), shutdown_timeout=shutdown_timeout
+        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="attn-serve-loop", daemon=True)
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self.server.start(host, port), self._loop)
+        try:
+            self.port: int = future.result(timeout=30)
+        except BaseException:
+            self._close_loop()
+            self.server.pool.close()
+            raise
+
+    @property
+    def url(self) -> str:
+        """``host:port`` as tritonclient's ``InferenceServerClient(url=...)`` takes it."""
+        return f"{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Shut down gracefully (in-flight requests finish) and end the loop thread; idempotent."""
+        if self._loop.is_closed():
+            return
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(timeout=timeout)
+        self._close_loop()
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

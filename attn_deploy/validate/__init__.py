@@ -1,0 +1,1 @@
+"""Validation: compare a deployed graph's outputs with PyTorch's."""
