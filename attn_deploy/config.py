@@ -1,7 +1,7 @@
 """Typed export configs: one YAML per deploy target in ``export_configs/``.
 
-A config file is a mapping of the fields of :class:`ExportConfig`; nested sections map to the nested dataclasses.
-``extends: other.yaml`` (resolved relative to the file) loads that file first and deep-merges this one over it.
+A config file maps the fields of :class:`ExportConfig`; nested sections map to the nested dataclasses.
+``extends: other.yaml`` (relative to the file) loads that file first and deep-merges this one over it.
 The target ``name`` is the file's own ``name`` key, else its stem: it is never inherited.
 
 Every key is checked: an unknown key or a bad value raises :class:`~attn_deploy.errors.ConfigError` with a
@@ -59,9 +59,14 @@ class ShapeProfile:
 
     def __post_init__(self) -> None:
         ok = len(self.min) == len(self.opt) == len(self.max) and all(
-            1 <= a <= b <= c for a, b, c in zip(self.min, self.opt, self.max)
+            1 <= a <= b <= c for a, b, c in zip(self.min, self.opt, self.max, strict=True)
         )
-        _check(ok, "min/opt/max", [list(self.min), list(self.opt), list(self.max)], "min <= opt <= max, same rank")
+        _check(
+            ok,
+            "min/opt/max",
+            [list(self.min), list(self.opt), list(self.max)],
+            "min <= opt <= max, same rank",
+        )
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,9 @@ class Fp16Config:
         "ReduceLogSumExp",
     )
     keep_norm_patterns: bool = True  # decomposed mean/variance chains (x - mean)^2 -> mean stay FP32
-    large_reduction: int = 4096  # ReduceMean / GlobalAveragePool over >= this many elements (or unknown) stay FP32
+    large_reduction: int = (
+        4096  # ReduceMean / GlobalAveragePool over >= this many elements (or unknown) stay FP32
+    )
 
     def __post_init__(self) -> None:
         _check(self.large_reduction >= 1, "large_reduction", self.large_reduction, "an integer >= 1")
@@ -112,16 +119,21 @@ class Tolerances:
     """Pass/fail limits of `attn-deploy validate` against PyTorch FP32 (``None``: reported, not checked)."""
 
     max_abs: float | None = None
+    max_rel: float | None = None  # max abs error / max |reference|, per output
     cosine: float = 0.9999
     top1: float = 0.99  # fraction of images whose top-1 class equals PyTorch's (classifiers)
-    box_agreement: float = 0.95  # fraction of PyTorch's boxes matched (IoU >= box_iou, same class) (detectors)
+    box_agreement: float = (
+        0.95  # fraction of PyTorch's boxes matched (IoU >= box_iou, same class) (detectors)
+    )
     box_iou: float = 0.9
 
     def __post_init__(self) -> None:
         for key in ("cosine", "top1", "box_agreement", "box_iou"):
             value = getattr(self, key)
             _check(0 <= value <= 1, key, value, "a number in [0, 1]")
-        _check(self.max_abs is None or self.max_abs > 0, "max_abs", self.max_abs, "a number > 0")
+        for key in ("max_abs", "max_rel"):
+            value = getattr(self, key)
+            _check(value is None or value > 0, key, value, "a number > 0 or null")
 
 
 @dataclass(frozen=True)
@@ -162,7 +174,9 @@ class ExportConfig:
     precision: Precision = "fp32"
     opset: int = 18
     dynamic: DynamicConfig = field(default_factory=DynamicConfig)
-    profiles: dict[str, ShapeProfile] = field(default_factory=dict)  # input name -> profile; overrides derived
+    profiles: dict[str, ShapeProfile] = field(
+        default_factory=dict
+    )  # input name -> profile; overrides derived
     fp16: Fp16Config = field(default_factory=Fp16Config)
     int8: Int8Config = field(default_factory=Int8Config)
     tolerances: Tolerances = field(default_factory=Tolerances)
@@ -170,7 +184,9 @@ class ExportConfig:
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
 
     def __post_init__(self) -> None:
-        _check(17 <= self.opset <= 20, "opset", self.opset, "17..20 (GroupNormalization-21 breaks TensorRT 10)")
+        _check(
+            17 <= self.opset <= 20, "opset", self.opset, "17..20 (GroupNormalization-21 breaks TensorRT 10)"
+        )
         _check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name without '/'")
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,7 +229,9 @@ def find_config(name_or_path: str | os.PathLike[str]) -> Path:
     raise ConfigError(f"config {str(name_or_path)!r} not found; give a YAML path or one of: {known}")
 
 
-def load_config(name_or_path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> ExportConfig:
+def load_config(
+    name_or_path: str | os.PathLike[str], overrides: dict[str, Any] | None = None
+) -> ExportConfig:
     """Load and check a config (following ``extends``); ``overrides`` maps dotted keys to values.
 
     >>> load_config("ort-int8", {"int8.calibration": "entropy"}).int8.calibration
@@ -324,7 +342,7 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
             return tuple(_convert(args[0], v, key) for v in value)
         if len(value) != len(args):
             raise ConfigError(f"{key}: {value!r} is not allowed; use a list of {len(args)} values")
-        return tuple(_convert(a, v, key) for a, v in zip(args, value))
+        return tuple(_convert(a, v, key) for a, v in zip(args, value, strict=True))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: {value!r} is not allowed; use a mapping")
@@ -349,4 +367,47 @@ def _scalar(hint: Any, value: Any, key: str) -> Any:
         if isinstance(value, str) and value:
             return value
         raise ConfigError(f"{key}: {value!r} is not allowed; use a non-empty string")
-    raise TypeError(f"config field {key} has an unsupported type {hint!r}")  # a bug in this module, not user input
+    raise TypeError(
+        f"config field {key} has an unsupported type {hint!r}"
+    )  # a bug in this module, not user input
+
+
+def resolve_export_config(
+    config: str | os.PathLike[str] | None = None,
+    precision: str | None = None,
+    *,
+    dynamic: bool = False,
+    opset: int | None = None,
+    calib_method: str | None = None,
+    calib_dir: str | os.PathLike[str] | None = None,
+) -> ExportConfig | None:
+    """The config of an `attn-deploy export` call, from ``--config`` and the shortcuts; ``None`` (a plain FP32
+    export) when neither ``config`` nor ``precision`` is given.
+
+    ``--precision P`` alone means ``ort-P`` (``ort-P-dynamic`` with ``--dynamic``); with ``--config`` it must
+    agree with the config. ``--dynamic`` on a static config makes both axes dynamic and names the target
+    ``<name>-dynamic``. ``--calib-method`` and ``--calib-dir`` need an INT8 target.
+    """
+    if config is None and precision is None:
+        if calib_method or calib_dir:
+            raise ConfigError("--calib-method/--calib-dir need --precision int8 or an int8 --config")
+        return None
+    suffix = "-dynamic" if dynamic else ""
+    loaded = load_config(config if config is not None else f"ort-{precision}{suffix}")
+    if precision is not None and precision != loaded.precision:
+        raise ConfigError(
+            f"--precision {precision} contradicts {loaded.name} (precision {loaded.precision}); "
+            f"drop one of them or use a {precision} config"
+        )
+    overrides: dict[str, Any] = {}
+    if dynamic and not (loaded.dynamic.batch and loaded.dynamic.hw):
+        overrides.update({"dynamic.batch": True, "dynamic.hw": True, "name": f"{loaded.name}-dynamic"})
+    if opset is not None:
+        overrides["opset"] = opset
+    if (calib_method or calib_dir) and loaded.precision != "int8":
+        raise ConfigError(
+            f"--calib-method/--calib-dir apply to int8 targets; {loaded.name} is {loaded.precision}"
+        )
+    if calib_method is not None:
+        overrides["int8.calibration"] = calib_method
+    return replace_config(loaded, overrides) if overrides else loaded

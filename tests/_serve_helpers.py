@@ -31,21 +31,48 @@ class TinyGate(nn.Module):
         return gated, gated.mean((2, 3))
 
 
+class Uint8Head(nn.Module):
+    """Raw uint8 pixels in; FP16 scores and the INT64 arg-max out (non-FP32 tensors both ways)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.conv(x.float() / 255.0).mean((2, 3))
+        return scores.half(), scores.argmax(1)
+
+
 def make_artifact(out_dir: Path, *, name: str = "tiny-gate", dynamic_batch: bool = True) -> Path:
     """Export TinyGate with the project's artifact writer into ``out_dir``; returns the directory."""
     from attn_deploy.export.artifact import export_artifact
 
     torch.manual_seed(0)
-    model = TinyGate().eval()
-    sample = torch.randn(1, *INPUT_SHAPE)
     export_artifact(
-        model,
-        sample,
+        TinyGate().eval(),
+        torch.randn(1, *INPUT_SHAPE),
         out_dir,
         model_name=name,
         dynamic_batch=dynamic_batch,
         input_names=["images"],
         output_names=["features", "pooled"],
+    )
+    return out_dir
+
+
+def make_uint8_artifact(out_dir: Path, *, name: str = "u8-head") -> Path:
+    """Export Uint8Head (dynamic batch, input (B, 3, 8, 8) uint8) into ``out_dir``."""
+    from attn_deploy.export.artifact import export_artifact
+
+    torch.manual_seed(0)
+    export_artifact(
+        Uint8Head().eval(),
+        torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8),
+        out_dir,
+        model_name=name,
+        dynamic_batch=True,
+        input_names=["images"],
+        output_names=["scores", "label"],
     )
     return out_dir
 

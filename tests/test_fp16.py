@@ -109,7 +109,9 @@ def test_converted_graph_types_and_order(hot_input, tmp_path):
     assert [i.type.tensor_type.elem_type for i in mixed.graph.input] == [float32]
     assert [o.type.tensor_type.elem_type for o in mixed.graph.output] == [float32]
     inferred = onnx.shape_inference.infer_shapes(mixed)
-    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.input)}
+    types = {
+        v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.input)
+    }
     types.update({t.name: t.data_type for t in inferred.graph.initializer})
     (norm,) = [n for n in mixed.graph.node if n.op_type == "InstanceNormalization"]
     (conv,) = [n for n in mixed.graph.node if n.op_type == "Conv"]

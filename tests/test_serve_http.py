@@ -12,15 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from _serve_helpers import INPUT_SHAPE, make_artifact, onnx_reference, raw_request
 from tritonclient.utils import InferenceServerException
 
 from attn_deploy.serve.metrics import fetch_metrics
 from attn_deploy.serve.model_pool import ServeOptions
 from attn_deploy.serve.server import BackgroundServer
+from tests._serve_helpers import INPUT_SHAPE, make_artifact, make_uint8_artifact, onnx_reference, raw_request
 
 MODEL = "tiny-gate"
 STATIC = "tiny-gate-static"
+UINT8 = "u8-head"
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         MODEL: make_artifact(root / MODEL / "ort-fp32", name=MODEL, dynamic_batch=True),
         STATIC: make_artifact(root / STATIC / "ort-fp32", name=STATIC, dynamic_batch=False),
+        UINT8: make_uint8_artifact(root / UINT8 / "ort-fp32", name=UINT8),
     }
 
 
@@ -120,6 +122,23 @@ def test_infer_equals_onnxruntime(
         assert got.dtype == np.float32 and got.shape == expected[name].shape
         np.testing.assert_allclose(got, expected[name], rtol=1e-5, atol=1e-6)
     assert result.get_response()["model_name"] == MODEL
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_uint8_in_fp16_and_int64_out(
+    client: httpclient.InferenceServerClient, artifacts: dict[str, Path], binary: bool
+) -> None:
+    pixels = np.random.default_rng(7).integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
+    inp = httpclient.InferInput("images", [2, 3, 8, 8], "UINT8").set_data_from_numpy(
+        pixels, binary_data=binary
+    )
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("scores", "label")]
+    result = client.infer(UINT8, [inp], outputs=outputs)
+    expected = onnx_reference(artifacts[UINT8], pixels)
+    assert result.as_numpy("scores").dtype == np.float16 and result.as_numpy("label").dtype == np.int64
+    np.testing.assert_array_equal(result.as_numpy("scores"), expected["scores"])
+    np.testing.assert_array_equal(result.as_numpy("label"), expected["label"])
+    assert client.get_model_metadata(UINT8)["inputs"][0]["datatype"] == "UINT8"
 
 
 def test_infer_versioned_static_model_with_default_outputs_and_gzip(

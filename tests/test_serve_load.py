@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from _serve_helpers import INPUT_SHAPE, make_artifact
 
 from attn_deploy.serve.loadgen import LoadResult, run_load
 from attn_deploy.serve.metrics import fetch_metrics
 from attn_deploy.serve.process import ServerProcess
+from tests._serve_helpers import INPUT_SHAPE, make_artifact
 
 MODEL = "tiny-gate"
 CLIENTS = 16

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from _serve_helpers import raw_request, triton_model_config_pb2
 from google.protobuf import text_format
 from tritonclient.http import InferInput, InferResult
 
@@ -27,6 +26,7 @@ from attn_deploy.serve.protocol import (
     tensor_to_bytes,
 )
 from attn_deploy.serve.signature import ModelSignature, TensorSpec
+from tests._serve_helpers import raw_request, triton_model_config_pb2
 
 SIG = ModelSignature(
     inputs=(TensorSpec("images", "FP32", (-1, 3, 4, 4)),),

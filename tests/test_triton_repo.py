@@ -8,12 +8,12 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
-from _serve_helpers import make_artifact, triton_model_config_pb2
 from google.protobuf import text_format
 
 from attn_deploy.cli import main
 from attn_deploy.errors import ConfigError
 from attn_deploy.serve.triton_repo import write_triton_repository
+from tests._serve_helpers import make_artifact, triton_model_config_pb2
 
 ORT_TO_TRITON = {"tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16", "tensor(int64)": "TYPE_INT64"}
 

@@ -7,8 +7,9 @@ import argparse
 from rich.table import Table
 
 from attn_deploy.commands.progress import console, stage_progress
-from attn_deploy.export.artifact import Artifact
+from attn_deploy.export.artifact_io import Artifact
 from attn_deploy.export.pipeline import ExportResult
+from attn_deploy.precision.stage import summary_tables
 from attn_deploy.report import fmt
 
 
@@ -19,28 +20,54 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imgsz", default=None, help="input size: 640 or H,W (default: the model's)")
     p.add_argument("--batch", type=int, default=1, help="batch size of the export shape (default 1)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18; TensorRT parses <= 20)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; TensorRT parses <= 20)")
     p.add_argument("--weights", default=None, help="state_dict .pt/.pth to load (default: built-in weights)")
     p.add_argument("--out", default="engines", help="output root (default engines/)")
     p.add_argument("--no-simplify", dest="simplify", action="store_false", help="skip onnxslim")
+    p.add_argument(
+        "--config", default=None, help="deploy target: export_configs/<name>.yaml or a name (trt-fp16)"
+    )
+    p.add_argument(
+        "--precision", choices=("fp32", "fp16", "int8"), default=None, help="shortcut for ort-<precision>"
+    )
+    p.add_argument(
+        "--calib-dir", default=None, help="INT8 calibration images (jpg/png; default: synthetic set)"
+    )
+    p.add_argument(
+        "--calib-method", choices=("minmax", "entropy", "percentile"), default=None, help="INT8 calibration"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Export and print the summary."""
+    from attn_deploy.config import resolve_export_config
+    from attn_deploy.data.preprocess import list_images
     from attn_deploy.export.zoo import export_zoo_model
 
+    config = resolve_export_config(
+        args.config,
+        args.precision,
+        dynamic=args.dynamic,
+        opset=args.opset,
+        calib_method=args.calib_method,
+        calib_dir=args.calib_dir,
+    )
+    if args.calib_dir:
+        list_images(args.calib_dir)  # a missing or empty folder fails now, not after the export
     with stage_progress(f"export {args.model}") as on_stage:
         artifact, result = export_zoo_model(
             args.model,
             imgsz=args.imgsz,
             batch=args.batch,
             dynamic=args.dynamic,
-            opset=args.opset,
+            opset=args.opset or 18,
             weights=args.weights,
             out_root=args.out,
             simplify=args.simplify,
             on_stage=on_stage,
+            config=config,
+            calib_dir=args.calib_dir,
         )
     print_export_summary(artifact, result)
     return 0
@@ -78,6 +105,8 @@ def print_export_summary(artifact: Artifact, result: ExportResult) -> None:
         )
     parity.caption = "[green]PASSED[/]" if p.passed else "[red]FAILED[/]"
     console.print(parity)
+    for table in summary_tables(m):  # precision targets: the converted graph's checks, the TensorRT engine
+        console.print(table)
 
     if result.rewrites:
         rewrites = Table(title="Rewrites applied")

@@ -1,11 +1,101 @@
-"""`attn-deploy validate` (placeholder until its issue lands)."""
+"""`attn-deploy validate engines/<model>/<target>`: compare an artifact with PyTorch FP32, per metric."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from attn_deploy.backends.base import Runner
+from attn_deploy.config import ExportConfig
+from attn_deploy.errors import InputError
+
+BACKENDS = ("ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt")
+console = Console()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the sub-command's parser."""
-    p = sub.add_parser("validate", help="(not yet available)")
-    p.set_defaults(func=lambda args: 1)
+    """Add the ``validate`` parser."""
+    p = sub.add_parser(
+        "validate", help="compare an exported artifact with PyTorch FP32 (tolerances from its config)"
+    )
+    p.add_argument("artifact", help="artifact directory, e.g. engines/yolov8s-eca/ort-fp16")
+    p.add_argument(
+        "--backend", choices=BACKENDS, default="ort-cpu", help="what runs the graph (default ort-cpu)"
+    )
+    p.add_argument(
+        "--config", default=None, help="export config whose tolerances apply (default: the artifact's)"
+    )
+    p.add_argument(
+        "--images", type=int, default=None, help="number of synthetic images (default: from config)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed of the synthetic images (default: from config)"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate, print the tables, return 0 when every check passed, 1 otherwise."""
+    from attn_deploy.config import load_config
+    from attn_deploy.export.artifact_io import load_artifact
+    from attn_deploy.validate.validation import (
+        VALIDATION_JSON,
+        artifact_config,
+        checks_table,
+        validate_artifact,
+    )
+
+    if args.images is not None and args.images < 1:
+        raise InputError(f"--images must be >= 1, got {args.images}")
+    artifact = load_artifact(args.artifact)
+    config = load_config(args.config) if args.config else artifact_config(artifact.manifest)
+    runner = make_runner(args.backend, artifact.onnx_path, config, artifact.manifest)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"validate {args.artifact}", total=None)
+        report = validate_artifact(
+            artifact.dir,
+            runner=runner,
+            config=config,
+            num_images=args.images,
+            seed=args.seed,
+            on_batch=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+
+    title = f"{report.model} / {report.target} ({report.backend}) vs PyTorch FP32"
+    caption = f"{report.num_images} images, input {report.input_shape}, {report.seconds} s"
+    checks = checks_table(title, report.checks, caption)
+    console.print(checks)
+    outputs = Table(title="Per output")
+    for col in ("output", "max abs", "max rel", "cosine", "non-finite"):
+        outputs.add_column(col, justify="right")
+    for p in report.per_output:
+        outputs.add_row(
+            p["name"], f"{p['max_abs']:.3g}", f"{p['max_rel']:.3g}", f"{p['cosine']:.7f}", str(p["nonfinite"])
+        )
+    console.print(outputs)
+    verdict = "[bold green]PASSED" if report.passed else "[bold red]FAILED"
+    console.print(f"{verdict}[/] - {artifact.dir / VALIDATION_JSON}, report.md, polygraphy_*.json written")
+    return 0 if report.passed else 1
+
+
+def make_runner(backend: str, onnx_path: Path, config: ExportConfig, manifest: dict[str, Any]) -> Runner:
+    """The runner for ``--backend``: ONNX Runtime (CPU / CUDA / TensorRT EP) or a TensorRT engine."""
+    from attn_deploy.backends.ort import OrtRunner
+
+    if backend == "ort-cpu":
+        return OrtRunner(onnx_path)
+    if backend == "ort-cuda":
+        return OrtRunner(onnx_path, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+    if backend == "ort-tensorrt":
+        return OrtRunner(onnx_path, providers=("TensorrtExecutionProvider", "CUDAExecutionProvider"))
+    from attn_deploy.backends.tensorrt import TensorRTRunner, build_engine, resolve_profiles
+
+    export_shape = manifest.get("export_shape") or []
+    inputs = manifest["inputs"]
+    profiles = resolve_profiles(config, inputs, {inputs[0]["name"]: export_shape})
+    return TensorRTRunner(build_engine(onnx_path, config, profiles).plan)

@@ -33,7 +33,7 @@ PreprocessKind = Literal["letterbox", "resize_crop"]
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """How raw images become the model's input: kind, target size (H, W), per-channel mean/std (0..1 units)."""
+    """How raw images become the model's input: kind, size (H, W), per-channel mean/std (0..1 units)."""
 
     kind: PreprocessKind
     size: tuple[int, int]

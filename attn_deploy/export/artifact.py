@@ -1,18 +1,9 @@
-"""Artifact directories: ``engines/<model>/<target>/`` with ``model.onnx``, ``manifest.json``, ``report.md``.
-
-A directory is written whole or not at all: everything goes to a temporary sibling first, which then
-replaces the old directory.
-"""
+"""Export a model into an artifact directory (see :mod:`attn_deploy.export.artifact_io` for the layout)."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,74 +11,10 @@ import torch
 from torch import nn
 
 from attn_deploy import fsutil
-from attn_deploy.errors import InputError
-from attn_deploy.export.manifest import build_manifest
+from attn_deploy.export.artifact_io import MANIFEST_NAME, ONNX_NAME, REPORT_NAME, Artifact, staged_directory
+from attn_deploy.export.manifest import build_manifest, parity_dict
 from attn_deploy.export.pipeline import ExportResult, StageCallback, export_onnx
 from attn_deploy.report import markdown_table
-
-ONNX_NAME = "model.onnx"
-MANIFEST_NAME = "manifest.json"
-REPORT_NAME = "report.md"
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """An artifact directory and its manifest."""
-
-    dir: Path
-    manifest: dict[str, Any]
-
-    @property
-    def onnx_path(self) -> Path:
-        """The ONNX file of this artifact."""
-        return self.dir / self.manifest.get("onnx", ONNX_NAME)
-
-    @property
-    def name(self) -> str:
-        """The model name the artifact was exported from."""
-        return str(self.manifest["model"])
-
-
-@contextmanager
-def staged_directory(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``final`` only if the block succeeds."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        yield staging
-        os.chmod(staging, fsutil.DIR_MODE)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
-            os.replace(final, old / final.name)
-            os.replace(staging, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def load_artifact(directory: str | os.PathLike[str]) -> Artifact:
-    """Read an artifact directory; ``InputError`` (one line) if it is missing or malformed."""
-    directory = Path(directory)
-    manifest_path = directory / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise InputError(
-            f"'{directory}' is not an artifact directory (no {MANIFEST_NAME}); "
-            "pass a directory written by `attn-deploy export`, e.g. engines/yolov8s-eca/ort-fp32"
-        )
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{manifest_path} is not valid JSON ({exc}); re-run `attn-deploy export`") from None
-    missing = [k for k in ("model", "inputs", "outputs") if k not in manifest]
-    if missing:
-        raise InputError(f"{manifest_path} lacks {', '.join(missing)}; re-run `attn-deploy export`")
-    artifact = Artifact(directory, manifest)
-    if not artifact.onnx_path.is_file():
-        raise InputError(f"{artifact.onnx_path} is missing; re-run `attn-deploy export`")
-    return artifact
 
 
 def render_report(manifest: dict[str, Any]) -> str:
@@ -112,7 +39,9 @@ def render_report(manifest: dict[str, Any]) -> str:
                     parity["max_abs"],
                     parity["max_rel"],
                     parity["cosine"],
-                    f"atol {parity['atol']:g} + rtol {parity['rtol']:g}·max|ref|",
+                    "; ".join(f"{c['metric']} {c['op']} {c['limit']:g}" for c in parity["checks"])
+                    if "checks" in parity  # a precision target's checks (attn_deploy.precision.stage)
+                    else f"atol {parity['atol']:g} + rtol {parity['rtol']:g}·max|ref|",
                     parity["passed"],
                 ]
             ],
@@ -167,8 +96,13 @@ def export_artifact(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     on_stage: StageCallback | None = None,
+    precision_stage: Callable[[Path], dict[str, Any]] | None = None,
 ) -> tuple[Artifact, ExportResult]:
-    """Export ``model`` (verified, see :func:`export_onnx`) into the artifact directory ``out_dir``."""
+    """Export ``model`` (verified, see :func:`export_onnx`) into the artifact directory ``out_dir``.
+
+    ``precision_stage`` (:func:`attn_deploy.precision.stage.precision_stage`) rewrites the staged FP32 ONNX
+    in place and returns manifest entries; the FP32 export's parity is then kept as ``fp32_parity``.
+    """
     samples = (sample,) if isinstance(sample, torch.Tensor) else tuple(sample)
     with staged_directory(out_dir) as staging:
         result = export_onnx(
@@ -183,6 +117,9 @@ def export_artifact(
             output_names=output_names,
             on_stage=on_stage,
         )
+        extra = precision_stage(result.path) if precision_stage else {}
+        if "parity" in extra:  # the precision graph's own check replaces the FP32 export's
+            extra["fp32_parity"] = parity_dict(result)
         manifest = build_manifest(
             result,
             model_name=model_name,
@@ -192,6 +129,8 @@ def export_artifact(
             dynamic_batch=dynamic_batch,
             dynamic_hw=dynamic_hw,
             export_shape=tuple(samples[0].shape),
+            precision=extra.get("precision", "fp32"),
+            extra=extra,
         )
         write_artifact_files(staging, manifest)
     final = Path(out_dir)

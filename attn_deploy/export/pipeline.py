@@ -11,13 +11,13 @@ import contextlib
 import io
 import logging
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -92,9 +92,11 @@ def _root_cause(exc: BaseException) -> BaseException:
     return last
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """An exception's message folded onto one line (ANSI colours and surplus whitespace removed), truncated."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    text = " ".join(text.split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _trace_to_onnx(
@@ -127,7 +129,7 @@ def _trace_to_onnx(
         cause = _root_cause(exc)
         if isinstance(cause, AttnDeployError):
             raise cause from None
-        raise ExportError(f"torch.onnx.export failed: {_first_line(cause)}") from None
+        raise ExportError(f"torch.onnx.export failed: {_one_line(cause)}") from None
     proto = program.model_proto
     rename_dims(proto, axes)
     return proto, (list(mode.sites) if isinstance(mode, DeployRewriteMode) else [])
@@ -188,7 +190,7 @@ def _verify(
             got = session.run(None, {n: t.numpy() for n, t in zip(input_names, inputs, strict=True)})
         except Exception as exc:
             raise ExportError(
-                f"exported graph fails in ONNX Runtime at input shape {shape}: {_first_line(exc)}; nothing was written"
+                f"exported graph fails in ONNX Runtime at input shape {shape}: {_one_line(exc)}; nothing was written"
             ) from None
         try:
             report = compare_outputs(reference, got, output_names, **tolerances)

@@ -6,11 +6,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from attn_deploy.config import ExportConfig
+from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.errors import ConfigError
-from attn_deploy.export.artifact import Artifact, export_artifact
+from attn_deploy.export.artifact import export_artifact
+from attn_deploy.export.artifact_io import Artifact
 from attn_deploy.export.pipeline import ExportResult, StageCallback
 from attn_deploy.models import ModelSpec, create_model, model_spec
+from attn_deploy.precision.stage import ModelIO, precision_stage
 
 SAMPLE_SEED = 1234
 
@@ -53,11 +57,15 @@ def export_zoo_model(
     target: str = "ort-fp32",
     simplify: bool = True,
     on_stage: StageCallback | None = None,
+    config: ExportConfig | None = None,
+    calib_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[Artifact, ExportResult]:
     """Create zoo model ``name`` and export it, verified, to ``<out_root>/<canonical name>/<target>/``.
 
     The sample input is a deterministic synthetic image, preprocessed as the model expects.
-    ``dynamic`` makes batch, height and width dynamic.
+    ``dynamic`` makes batch, height and width dynamic. A ``config`` (export_configs/*.yaml) decides the
+    target name, opset, dynamic axes and precision instead (INT8 calibrates on ``calib_dir`` images, or on
+    synthetic ones), and the precision graph is checked against PyTorch under its tolerances.
     """
     spec = model_spec(name)
     size = parse_imgsz(imgsz, spec)
@@ -67,6 +75,14 @@ def export_zoo_model(
         on_stage("build model")
     model = create_model(name, weights=weights)
     sample = spec.normalize(synthetic_images(batch, size, seed=SAMPLE_SEED))
+    stage = None
+    dynamic_batch = dynamic_hw = dynamic
+    if config is not None:
+        target, opset = config.name, config.opset
+        dynamic_batch, dynamic_hw = config.dynamic.batch, config.dynamic.hw
+        preprocess = PreprocessSpec.from_dict(preprocess_info(spec, size))
+        io = ModelIO(model, spec.input_name, spec.output_names, spec.task, preprocess, tuple(sample.shape))
+        stage = precision_stage(config, io, calib_dir, on_stage)
     return export_artifact(
         model,
         sample,
@@ -75,11 +91,12 @@ def export_zoo_model(
         target=target,
         task=spec.task,
         preprocess=preprocess_info(spec, size),
-        dynamic_batch=dynamic,
-        dynamic_hw=dynamic,
+        dynamic_batch=dynamic_batch,
+        dynamic_hw=dynamic_hw,
         opset=opset,
         simplify=simplify,
         input_names=[spec.input_name],
         output_names=list(spec.output_names),
         on_stage=on_stage,
+        precision_stage=stage,
     )

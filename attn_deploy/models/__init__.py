@@ -122,5 +122,5 @@ def create_model(
     elif calibrate:
         images = synthetic_mosaics(CALIBRATION_IMAGES, spec.input_size, seed=SEED)
         calibrate_batchnorm(model, spec.normalize(images))
-    model.spec = spec
+    model.spec = spec  # type: ignore[assignment]  # a plain attribute; stubs type Module attrs as Tensor | Module
     return model

@@ -104,21 +104,13 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        c_in = 64
-        for index, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True), start=1):
-            stride = 1 if index == 1 else 2
-            c_out = planes * block.expansion
-            stage = []
-            for i in range(blocks):
-                downsample = None
-                if i == 0 and (stride != 1 or c_in != c_out):
-                    downsample = nn.Sequential(_conv1x1(c_in, c_out, stride), nn.BatchNorm2d(c_out))
-                attn = create_attention(attention, c_out, **attn_kwargs)
-                stage.append(block(c_in, planes, stride if i == 0 else 1, downsample, attn))
-                c_in = c_out
-            self.add_module(f"layer{index}", nn.Sequential(*stage))
+        e = block.expansion
+        self.layer1 = _stage(block, 64, 64, layers[0], 1, attention, attn_kwargs)
+        self.layer2 = _stage(block, 64 * e, 128, layers[1], 2, attention, attn_kwargs)
+        self.layer3 = _stage(block, 128 * e, 256, layers[2], 2, attention, attn_kwargs)
+        self.layer4 = _stage(block, 256 * e, 512, layers[3], 2, attention, attn_kwargs)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(c_in, num_classes)
+        self.fc = nn.Linear(512 * e, num_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -136,6 +128,28 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _stage(
+    block: type[BasicBlock | Bottleneck],
+    c_in: int,
+    planes: int,
+    blocks: int,
+    stride: int,
+    attention: str,
+    attn_kwargs: dict[str, Any],
+) -> nn.Sequential:
+    """One ResNet stage (torchvision's ``_make_layer``): the first block strides and projects."""
+    c_out = planes * block.expansion
+    downsample = None
+    if stride != 1 or c_in != c_out:
+        downsample = nn.Sequential(_conv1x1(c_in, c_out, stride), nn.BatchNorm2d(c_out))
+    stage = []
+    for i in range(blocks):
+        attn = create_attention(attention, c_out, **attn_kwargs)
+        stage.append(block(c_in if i == 0 else c_out, planes, stride if i == 0 else 1, downsample, attn))
+        downsample = None
+    return nn.Sequential(*stage)
 
 
 @register_model("resnet18", RESNET)

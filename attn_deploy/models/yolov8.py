@@ -159,20 +159,13 @@ class Detect(nn.Module):
         self.nc = num_classes
         c2 = max(16, channels[0] // 4, REG_MAX * 4)
         c3 = max(channels[0], min(num_classes, 100))
-        self.cv2 = nn.ModuleList(
-            nn.Sequential(Conv(c, c2, 3), Conv(c2, c2, 3), nn.Conv2d(c2, 4 * REG_MAX, 1)) for c in channels
-        )
+        # Ultralytics' Detect.bias_init: box logits 1.0; class prior of ~5 objects per 640x640 image
+        self.cv2 = nn.ModuleList(_branch(c, c2, 4 * REG_MAX, 1.0) for c in channels)
         self.cv3 = nn.ModuleList(
-            nn.Sequential(Conv(c, c3, 3), Conv(c3, c3, 3), nn.Conv2d(c3, num_classes, 1)) for c in channels
+            _branch(c, c3, num_classes, math.log(5 / num_classes / (640 / stride) ** 2))
+            for c, stride in zip(channels, STRIDES, strict=True)
         )
         self.dfl = DFL(REG_MAX)
-        self._init_bias()
-
-    def _init_bias(self) -> None:
-        """Ultralytics' ``Detect.bias_init``: box logits 1.0; class prior ~5 objects per 640x640 image."""
-        for box, cls, stride in zip(self.cv2, self.cv3, STRIDES, strict=True):
-            nn.init.constant_(box[-1].bias, 1.0)
-            nn.init.constant_(cls[-1].bias, math.log(5 / self.nc / (640 / stride) ** 2))
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         b = feats[0].shape[0]
@@ -186,6 +179,14 @@ class Detect(nn.Module):
         x1y1, x2y2 = anchors - lt, anchors + rb
         xywh = torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1) * strides
         return torch.cat((xywh, cls.sigmoid()), 1)
+
+
+def _branch(c_in: int, hidden: int, c_out: int, bias: float) -> nn.Sequential:
+    """Two 3x3 Convs, then a 1x1 prediction conv whose bias starts at ``bias``."""
+    convs = (Conv(c_in, hidden, 3), Conv(hidden, hidden, 3))
+    prediction = nn.Conv2d(hidden, c_out, 1)
+    nn.init.constant_(prediction.get_parameter("bias"), bias)
+    return nn.Sequential(*convs, prediction)
 
 
 def _anchors(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

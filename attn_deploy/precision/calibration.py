@@ -52,7 +52,7 @@ class CalibrationSet:
 
     def describe(self) -> dict[str, Any]:
         """Manifest entry: where the images came from, how many, their hash."""
-        return {"source": self.source, "num_images": int(len(self.images)), "data_sha256": self.data_hash}
+        return {"source": self.source, "num_images": len(self.images), "data_sha256": self.data_hash}
 
 
 def calibration_set(

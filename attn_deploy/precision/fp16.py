@@ -30,7 +30,9 @@ from attn_deploy.precision.policy import fp32_nodes
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 # Ops that take any element type and do not compute on floats, or that generate floats from attributes:
 # left untouched; their consumers cast what they need.
-NEUTRAL_OPS = frozenset({"Shape", "Size", "Cast", "Constant", "ConstantOfShape", "RandomNormal", "RandomUniform"})
+NEUTRAL_OPS = frozenset(
+    {"Shape", "Size", "Cast", "Constant", "ConstantOfShape", "RandomNormal", "RandomUniform"}
+)
 # Float inputs that ONNX types independently of the data input (Resize's roi and float32-only scales).
 FIXED_FLOAT_INPUTS = {"Resize": (1, 2)}
 
@@ -51,10 +53,14 @@ class Fp16Report:
 
 def plain_fp16_config(keep_io_fp32: bool = True) -> Fp16Config:
     """A policy that keeps nothing in FP32: the naive conversion, for comparisons."""
-    return Fp16Config(keep_io_fp32=keep_io_fp32, keep_fp32_ops=(), keep_norm_patterns=False, large_reduction=2**62)
+    return Fp16Config(
+        keep_io_fp32=keep_io_fp32, keep_fp32_ops=(), keep_norm_patterns=False, large_reduction=2**62
+    )
 
 
-def convert_fp16(model: onnx.ModelProto, config: Fp16Config | None = None) -> tuple[onnx.ModelProto, Fp16Report]:
+def convert_fp16(
+    model: onnx.ModelProto, config: Fp16Config | None = None
+) -> tuple[onnx.ModelProto, Fp16Report]:
     """Return an FP16 copy of ``model`` under the policy ``config`` (default: :class:`Fp16Config`)."""
     config = config or Fp16Config()
     work = onnx.ModelProto()
@@ -188,7 +194,9 @@ def _cast_outputs(
             if vi.name == out.name:
                 vi.name = internal
         current[internal] = FLOAT16
-        casts.append(onnx.helper.make_node("Cast", [internal], [out.name], name=f"{out.name}_to_fp32", to=FLOAT))
+        casts.append(
+            onnx.helper.make_node("Cast", [internal], [out.name], name=f"{out.name}_to_fp32", to=FLOAT)
+        )
         report.casts += 1
     return casts
 

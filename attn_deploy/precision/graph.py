@@ -1,4 +1,4 @@
-"""Small read-only views of an ONNX graph shared by the precision passes: producers, consumers, types, constants."""
+"""Read-only views of an ONNX graph for the precision passes: producers, consumers, types, constants."""
 
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ class Int8Report:
 
 
 def excluded_nodes(model: onnx.ModelProto, config: Int8Config) -> list[str]:
-    """Names of the nodes left unquantized: attention gates (if ``keep_gates_fp``) and ``exclude_op_types``."""
+    """Nodes left unquantized: attention gates (if ``keep_gates_fp``) and ``exclude_op_types``."""
     view = GraphView(model)
     names = set(attention_gate_nodes(view, config.gate_op_types)) if config.keep_gates_fp else set()
     names.update(n.name for n in view.graph.node if n.op_type in config.exclude_op_types)
@@ -136,7 +136,7 @@ def quantize_int8(
 
 
 class _DropPreprocessHint(logging.Filter):
-    """ONNX Runtime logs a "consider pre-processing" warning on every call; our graphs are already simplified."""
+    """ONNX Runtime logs "consider pre-processing" on every call; our graphs are already simplified."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "pre-processing before quantization" not in record.getMessage()

@@ -8,8 +8,8 @@ FP16 (max 65504, 11-bit mantissa) fails in attention blocks in predictable place
 * large reductions: a sum over thousands of elements leaves the FP16 range or loses the small terms.
 
 :func:`fp32_nodes` names the nodes of a graph that stay FP32 under a :class:`~attn_deploy.config.Fp16Config`
-and why. :func:`attention_gate_nodes` names the gates (sigmoid/softmax) and the multiplies they scale, which the
-INT8 pass may leave unquantized.
+and why. :func:`attention_gate_nodes` names the gates (sigmoid/softmax) and the multiplies they scale,
+which the INT8 pass may leave unquantized.
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ def fp32_nodes(view: GraphView, config: Fp16Config) -> dict[str, str]:
             extent = reduced_extent(view, node)
             if extent is None or extent >= config.large_reduction:
                 shown = "unknown (dynamic)" if extent is None else str(extent)
-                keep[node.name] = f"reduction over {shown} elements (fp16.large_reduction={config.large_reduction})"
+                keep[node.name] = (
+                    f"reduction over {shown} elements (fp16.large_reduction={config.large_reduction})"
+                )
         elif _weights_exceed_fp16(view, node):
             keep[node.name] = "constant input exceeds the FP16 range"
     if config.keep_norm_patterns:

@@ -1,12 +1,14 @@
 """A scoped ``TorchFunctionMode`` that answers torch calls with the deploy rules while it is active.
 
 No monkey-patching: the mode is pushed for the duration of a trace (``with DeployRewriteMode(): ...``) and
-sees the functional calls of every module, ours or a user's. Global module hooks, registered only while the mode
-is active, keep a stack of the modules being run, so every rewrite and every refusal names the module it happened in.
+sees the functional calls of every module, ours or a user's. Every rewrite and every refusal names the module it
+happened in, found by walking the Python stack to the innermost ``forward`` of a module of the traced model.
+(Module hooks would do the same, but global forward hooks change how ``torch.export`` traces ``int(x.shape[i])``.)
 """
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils.hooks import RemovableHandle
 
 from attn_deploy.errors import UnsupportedOpError
 from attn_deploy.rewrite.rules import RULES, RewriteRule
@@ -40,36 +41,18 @@ class DeployRewriteMode(TorchFunctionMode):
         super().__init__()
         self._by_target: dict[Any, RewriteRule] = {t: r for r in rules for t in r.targets}
         self._names = {id(m): name for name, m in root.named_modules()} if root is not None else {}
-        self._stack: list[str] = []
-        self._handles: list[RemovableHandle] = []
         self.sites: list[RewriteSite] = []
-
-    # -- module stack -------------------------------------------------------------------------
-    def _pre_hook(self, module: nn.Module, _args: Any) -> None:
-        self._stack.append(self._names.get(id(module), type(module).__name__))
-
-    def _post_hook(self, _module: nn.Module, _args: Any, _out: Any) -> None:
-        if self._stack:
-            self._stack.pop()
-
-    def __enter__(self) -> DeployRewriteMode:
-        self._handles = [
-            nn.modules.module.register_module_forward_pre_hook(self._pre_hook),
-            nn.modules.module.register_module_forward_hook(self._post_hook),
-        ]
-        return super().__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self._stack = []
-        super().__exit__(*exc)
 
     @property
     def current_module(self) -> str:
-        """Qualified name of the innermost module running now (``""`` at the root)."""
-        return self._stack[-1] if self._stack else ""
+        """Qualified name of the innermost module of the root whose code is running (``""`` for the root)."""
+        frame = inspect.currentframe()
+        while frame is not None:
+            owner = frame.f_locals.get("self")
+            if owner is not None and id(owner) in self._names:
+                return self._names[id(owner)]
+            frame = frame.f_back
+        return ""
 
     # -- dispatch -------------------------------------------------------------------------------
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:

@@ -55,8 +55,10 @@ def run_load(
     began: list[float] = []  # set once, when every client is connected and ready
     start = threading.Barrier(len(inputs), action=lambda: began.append(time.perf_counter()))
 
-    def client_loop(feeds: Sequence[Feed]) -> tuple[list[float], list[str], list, float]:
-        latencies, errors, outputs = [], [], []
+    def client_loop(feeds: Sequence[Feed]) -> tuple[list[float], list[str], list[dict | None], float]:
+        latencies: list[float] = []
+        errors: list[str] = []
+        outputs: list[dict[str, np.ndarray] | None] = []
         client = httpclient.InferenceServerClient(url=url, network_timeout=120)
         try:
             start.wait()

@@ -14,7 +14,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from attn_deploy.backends.ort import OrtRunner
 from attn_deploy.errors import ConfigError, ModelNotFoundError
-from attn_deploy.export.artifact import Artifact, load_artifact
+from attn_deploy.export.artifact_io import Artifact, load_artifact
 from attn_deploy.serve.batcher import BatchResult, MicroBatcher
 from attn_deploy.serve.metrics import ModelMetrics
 from attn_deploy.serve.model_config import ONNX_PLATFORM, build_model_config

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from attn_deploy.errors import ConfigError
-from attn_deploy.export.artifact import Artifact, load_artifact
+from attn_deploy.export.artifact_io import Artifact, load_artifact
 from attn_deploy.fsutil import write_text, write_with
 from attn_deploy.serve.model_config import ONNX_PLATFORM, TENSORRT_PLATFORM, build_model_config, to_pbtxt
 from attn_deploy.serve.model_pool import MODEL_VERSION
@@ -77,7 +77,11 @@ def write_triton_model(
     )
     model_dir = Path(repo) / name
     model_file = model_dir / MODEL_VERSION / _MODEL_FILES[platform]
-    write_with(model_file, lambda tmp: shutil.copyfile(source, tmp))
+
+    def copy_model(tmp: Path) -> None:
+        shutil.copyfile(source, tmp)
+
+    write_with(model_file, copy_model)
     for stale in set(_MODEL_FILES.values()) - {model_file.name}:
         (model_file.parent / stale).unlink(missing_ok=True)
     write_text(model_dir / "config.pbtxt", to_pbtxt(config))

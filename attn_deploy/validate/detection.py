@@ -89,7 +89,9 @@ def decode(output: np.ndarray, conf: float, iou: float = NMS_IOU, max_det: int =
     mask = scores >= conf
     xywh, scores, classes = xywh[mask], scores[mask], classes[mask]
     boxes = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], axis=1)
-    offset = boxes + classes[:, None] * (boxes.max(initial=0.0) + 1.0)  # boxes of different classes never overlap
+    offset = boxes + classes[:, None] * (
+        boxes.max(initial=0.0) + 1.0
+    )  # boxes of different classes never overlap
     keep = nms(offset, scores, iou)[:max_det]
     return Detections(boxes[keep], scores[keep], classes[keep])
 

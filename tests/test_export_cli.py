@@ -1,0 +1,72 @@
+"""The CLI as a user runs it: list, export (files, manifest, parity), and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+from attn_deploy.cli import main
+
+
+def test_list_prints_params_and_gflops(capsys) -> None:
+    assert main(["list", "--arch", "yolov8s"]) == 0
+    out = capsys.readouterr().out
+    assert "yolov8s-eca" in out and "yolov8s-none" in out
+    assert "11.17" in out  # yolov8s-none params (M)
+    assert "28.60" in out  # GFLOPs at 640
+
+
+def test_export_writes_a_verified_artifact(tmp_path, capsys) -> None:
+    code = main(["export", "--model", "yolov8n-eca", "--imgsz", "128", "--dynamic", "--out", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "PASSED" in out and "Ops before / after simplify" in out and "adaptive_avg_pool->reduce_mean" in out
+
+    art = tmp_path / "yolov8n-eca" / "ort-fp32"
+    assert sorted(p.name for p in art.iterdir()) == ["manifest.json", "model.onnx", "report.md"]
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["model"] == "yolov8n-eca" and manifest["task"] == "detect"
+    assert manifest["sha256"] == hashlib.sha256((art / "model.onnx").read_bytes()).hexdigest()
+    assert manifest["inputs"] == [{"name": "images", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}]
+    assert manifest["outputs"][0]["name"] == "output0" and manifest["outputs"][0]["shape"][:2] == ["batch", 84]
+    assert manifest["dynamic"] == {"batch": True, "hw": True}
+    parity = manifest["parity"]
+    assert parity["passed"] and len(parity["shapes"]) == 3 and parity["cosine"] > 0.99999
+    assert {"max_abs", "max_rel", "cosine", "passed", "shapes"} <= set(parity)
+    assert {"torch", "onnx", "onnxruntime", "onnxslim"} <= set(manifest["versions"])
+    assert manifest["rewrites"] == ["adaptive_avg_pool->reduce_mean"]
+    onnx.checker.check_model(str(art / "model.onnx"))
+    assert not [p for p in tmp_path.rglob(".*")], "no temporary files are left behind"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["export", "--model", "yolov8s-ecaa"], "did you mean"),
+        (["export", "--model", "yolov8n-eca", "--weights", "/nonexistent/w.pt"], "not found"),
+        (["export", "--model", "yolov8n-eca", "--imgsz", "100"], "multiples of 32"),
+        (["export", "--model", "resnet18-none", "--imgsz", "abc"], "--imgsz"),
+    ],
+)
+def test_bad_input_is_one_red_line(argv, needle, tmp_path, capsys) -> None:
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and err.startswith("error:")
+    assert len(err.splitlines()) <= 2  # one message (rich may wrap a very long line once)
+    assert not list(tmp_path.iterdir()), "nothing is written on a user error"
+
+
+def test_user_error_has_no_traceback_in_a_real_process(tmp_path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "attn_deploy.cli", "export", "--model", "resnet5-se", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "resnet50-se" in proc.stderr
