@@ -107,6 +107,7 @@ class Int8Config:
     keep_gates_fp: bool = False  # attention gates (sigmoid/softmax and their scaling Mul) left unquantized
     gate_op_types: tuple[str, ...] = ("Sigmoid", "HardSigmoid", "Softmax")
     exclude_op_types: tuple[str, ...] = ()  # further op types never quantized
+    op_types: tuple[str, ...] = ()  # op types that get Q/DQ (empty: every type ONNX Runtime can quantize)
     cache_dir: str | None = None  # calibration cache; default $XDG_CACHE_HOME/attn-deploy/calibration
 
     def __post_init__(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 
@@ -32,14 +33,22 @@ def torch_outputs(model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> lis
 def assert_ort_matches_torch(
     model: torch.nn.Module, onnx_path: str | os.PathLike[str], shapes: Sequence[tuple[int, ...]], atol: float = 1e-4
 ) -> None:
-    """Exported graph == PyTorch (max abs error <= atol, relative to the output scale) at each shape."""
+    """Exported graph == PyTorch at each shape: max abs error <= atol (scaled by the output's magnitude when it
+    exceeds 1), or, for outputs whose FP32 rounding is larger than that, as close to a float64 run as PyTorch
+    FP32 itself is."""
+    from attn_deploy.validate.parity import within_fp32_noise
+
     for i, shape in enumerate(shapes):
         x = torch.rand(shape, generator=torch.Generator().manual_seed(100 + i)) * 2 - 1
-        for ref, got in zip(torch_outputs(model, [x]), ort_outputs(onnx_path, [x]), strict=True):
+        refs, gots = torch_outputs(model, [x]), ort_outputs(onnx_path, [x])
+        for ref, got in zip(refs, gots, strict=True):
             assert ref.shape == got.shape, f"shape {shape}: {got.shape} != {ref.shape}"
-            scale = max(1.0, float(np.abs(ref).max()))
-            err = float(np.abs(ref - got).max())
-            assert err <= atol * scale, f"shape {shape}: max abs err {err:.3g} > {atol * scale:.3g}"
+        errs = [float(np.abs(r - g).max()) for r, g in zip(refs, gots, strict=True)]
+        limits = [atol * max(1.0, float(np.abs(r).max())) for r in refs]
+        if all(e <= lim for e, lim in zip(errs, limits, strict=True)):
+            continue
+        exact = torch_outputs(copy.deepcopy(model).double(), [x.double()])
+        assert within_fp32_noise(refs, exact, gots), f"shape {shape}: max abs errs {errs} > {limits}"
 
 
 @pytest.fixture

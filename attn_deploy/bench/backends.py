@@ -93,7 +93,12 @@ class Skipped:
 
     def to_dict(self) -> dict[str, str]:
         """JSON form."""
-        return {"model": self.model, "backend": self.backend, "precision": self.precision, "reason": self.reason}
+        return {
+            "model": self.model,
+            "backend": self.backend,
+            "precision": self.precision,
+            "reason": self.reason,
+        }
 
 
 @dataclass
@@ -238,7 +243,9 @@ def _tensorrt_target(mut: ModelUnderTest, info: ExportInfo, precision: str, cach
     require_tensorrt()  # InputError with the reason when TensorRT is missing
     gpu_identity()  # ... or when no GPU is visible
     if precision == "fp32":
-        raise ConfigError("TensorRT targets are fp16 or int8 (strongly typed FP16/INT8 graphs); use --precision")
+        raise ConfigError(
+            "TensorRT targets are fp16 or int8 (strongly typed FP16/INT8 graphs); use --precision"
+        )
     path = cache.with_precision(mut, info, precision, "trt")
     engine = compile_engine(path, load_config(f"trt-{precision}"), mut.io())
     if not engine.get("built"):

@@ -31,7 +31,7 @@ TimedCall = Callable[[], "float | None"]
 
 def percentile(samples: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0..100) with linear interpolation between closest ranks (numpy's default)."""
-    if not samples:
+    if len(samples) == 0:
         raise ValueError("percentile of no samples")
     if not 0 <= q <= 100:
         raise ValueError(f"percentile q must be in [0, 100], got {q}")
@@ -83,6 +83,15 @@ class LatencyStats:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict, with ``cv``."""
         return {**asdict(self), "cv": self.cv}
+
+
+MEDIAN_SE = math.sqrt(math.pi / 2)
+"""Standard error of a sample median relative to that of the mean, for normal samples."""
+
+
+def p50_ratio_margin(a: LatencyStats, b: LatencyStats) -> float:
+    """Two standard errors of ``a.p50 / b.p50`` as a fraction (0.02 = 2%): differences within it are noise."""
+    return 2.0 * MEDIAN_SE * math.sqrt(a.cv**2 / a.runs + b.cv**2 / b.runs)
 
 
 def interleaved_order(names: Sequence[str], iterations: int) -> list[list[str]]:

@@ -1,11 +1,179 @@
-"""`attn-deploy bench` (placeholder until its issue lands)."""
+"""`attn-deploy bench`: backend latency against PyTorch eager, and attention cost tables.
+
+attn-deploy bench --model yolov8-eca --backends torch,ort,ort-naive [--json out.json]
+attn-deploy bench --arch yolov8s --attention all          # every attention vs none, one run
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from attn_deploy.commands.progress import console
+from attn_deploy.report import fmt
+
+DEFAULT_BACKENDS = "torch,ort,ort-naive"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the sub-command's parser."""
-    p = sub.add_parser("bench", help="(not yet available)")
-    p.set_defaults(func=lambda args: 1)
+    """Add the ``bench`` parser."""
+    p = sub.add_parser("bench", help="time backends against PyTorch eager; attention cost tables")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="zoo model to time, e.g. yolov8-eca, resnet50-se")
+    what.add_argument("--arch", help="architecture for an attention cost table: yolov8n/s/m, resnet18/50")
+    p.add_argument(
+        "--attention", default=None, help="with --arch: 'all' (default) or a comma list; none is added"
+    )
+    p.add_argument(
+        "--backends",
+        default=DEFAULT_BACKENDS,
+        help=f"comma list of torch, ort, ort-naive, trt, torch-cuda, ort-cuda (default {DEFAULT_BACKENDS})",
+    )
+    p.add_argument(
+        "--precision", default="fp32", help="fp32, fp16, int8 or a comma list (ONNX graphs; torch is fp32)"
+    )
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--imgsz", default=None, help="input size: 640 or H,W (default: the model's)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch and ORT (default: physical cores)"
+    )
+    p.add_argument("--warmup-s", type=float, default=2.0, help="warm-up seconds before timing (default 2)")
+    p.add_argument("--runs", type=int, default=30, help="timed runs per backend (default 30)")
+    p.add_argument(
+        "--cuda-graphs", action="store_true", help="torch-cuda: replay the forward as a CUDA graph"
+    )
+    p.add_argument("--json", default=None, help="write results as JSON to this path")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="report folder (Markdown, JSON, PNG); --arch default: benchmarks/results/<date>-<machine>/",
+    )
+    p.add_argument("--seed-claims", default=None, help="claims file (default benchmarks/seed_claims.json)")
+    p.set_defaults(func=run)
+
+
+@contextmanager
+def bench_progress(
+    title: str,
+) -> Iterator[tuple[Callable[[str], None], Callable[[int], None], Callable[[str, bool], None]]]:
+    """A progress display: a spinner while models build, then a bar over the timed calls.
+
+    Yields ``(on_stage, on_timing_start, on_call)`` for :func:`attn_deploy.bench.run.bench_models`.
+    """
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(title, total=None)
+
+        def on_stage(name: str) -> None:
+            progress.update(task, description=f"{title}: {name}")
+
+        def on_timing_start(total: int) -> None:
+            progress.update(task, description=f"{title}: warm-up", total=total, completed=0)
+
+        def on_call(name: str, warming_up: bool) -> None:
+            if not warming_up:
+                progress.update(task, description=f"{title}: timing {name}", advance=1)
+
+        yield on_stage, on_timing_start, on_call
+
+
+def print_table(data: object) -> None:
+    """Print a :class:`attn_deploy.bench.render.TableData` as a rich table with its notes."""
+    from attn_deploy.bench.render import TableData
+
+    assert isinstance(data, TableData)
+    table = Table(title=data.title)
+    for i, header in enumerate(data.headers):
+        table.add_column(header, justify="left" if i == 0 else "right")
+    for row in data.rows:
+        table.add_row(*(fmt(c) for c in row))
+    console.print(table)
+    for note in data.notes:
+        console.print(f"[dim]{note}[/]", highlight=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Parse the options (fast, one-line errors), run the benchmark, print and write the reports."""
+    from attn_deploy.bench import render
+    from attn_deploy.bench.attention_cost import attention_table, resolve_attentions
+    from attn_deploy.bench.backends import BACKENDS, PRECISIONS, parse_choices
+    from attn_deploy.bench.run import bench_models
+    from attn_deploy.bench.seed import compare_with_seed, load_claims
+    from attn_deploy.errors import ConfigError
+    from attn_deploy.fsutil import write_json
+    from attn_deploy.models import model_spec
+
+    backends = parse_choices(args.backends, BACKENDS, "backend")
+    precisions = parse_choices(args.precision, PRECISIONS, "precision")
+    if args.model and args.attention:
+        raise ConfigError("--attention goes with --arch (an attention cost table); --model names one model")
+    arch = model_spec(args.arch).arch if args.arch else None
+    if arch:
+        names = [f"{arch}-{a}" for a in resolve_attentions(args.attention or "all")]
+    else:
+        names = [model_spec(args.model).name]
+    title = arch or names[0]
+    with bench_progress(f"bench {title}") as (on_stage, on_timing_start, on_call):
+        result = bench_models(
+            names,
+            backends=backends,
+            precisions=precisions,
+            batch=args.batch,
+            imgsz=args.imgsz,
+            threads=args.threads,
+            runs=args.runs,
+            warmup_s=args.warmup_s,
+            cuda_graphs=args.cuda_graphs,
+            on_stage=on_stage,
+            on_call=on_call,
+            on_timing_start=on_timing_start,
+        )
+    console.print(
+        f"threads fixed at {result.threads} (torch.set_num_threads, ORT intra_op_num_threads); "
+        f"load average {result.machine.get('load_average')}",
+        highlight=False,
+    )
+    rows, seed = [], None
+    if arch:
+        rows = attention_table(result, arch)
+        claims = load_claims(args.seed_claims)
+        seed = compare_with_seed(rows, arch, claims) if claims.for_arch(arch) else None
+        print_table(render.attention_cost_table(rows, arch, result.batch))
+        if seed is not None:
+            print_table(render.seed_table(seed))
+    print_table(render.latency_table(result))
+    print_table(render.checks_table(render.speed_checks(result)))
+    for warning in result.warnings():
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if args.json:
+        document = (
+            render.attention_json(result, arch, rows, seed) if args.arch else render.results_json(result)
+        )
+        console.print(f"wrote {write_json(args.json, document)}")
+    out = args.out or (render.results_folder(result) if arch else None)
+    if out:
+        paths = (
+            render.write_attention_report(result, arch, rows, seed, out)
+            if arch
+            else render.write_model_report(result, out, f"bench-{names[0]}")
+        )
+        console.print(f"report: {', '.join(str(p) for p in paths)}", highlight=False)
+    return 0

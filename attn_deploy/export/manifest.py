@@ -49,6 +49,7 @@ def parity_dict(result: ExportResult) -> dict[str, Any]:
         "atol": p.atol,
         "rtol": p.rtol,
         "min_cosine": p.min_cosine,
+        "judged_by": p.judged_by,
         "reference": "PyTorch FP32 eager, same inputs",
     }
 

@@ -60,42 +60,39 @@ def _round_to(value: float, step: int) -> int:
 
 
 def _alternatives(size: int, step: int, fractions: tuple[float, float]) -> list[int]:
-    """Two sizes other than ``size`` keeping its divisibility: smaller fractions first, larger if needed."""
-    candidates = [_round_to(size * f, step) for f in fractions] + [
-        size + step,
-        size + 2 * step,
-        size + 3 * step,
-    ]
+    """Sizes other than ``size`` keeping its divisibility: smaller fractions first (fast), then larger ones."""
+    candidates = [_round_to(size * f, step) for f in fractions] + [size + k * step for k in (1, 2, 3, 4)]
     picked: list[int] = []
     for c in candidates:
         if c != size and c not in picked:
             picked.append(c)
-    return picked[:2]
+    return picked
 
 
 def verification_shapes(
     shape: tuple[int, ...], dynamic_batch: bool, dynamic_hw: bool
 ) -> list[tuple[int, ...]]:
-    """The export shape plus two shapes it was not exported at, varying what is dynamic.
+    """The export shape, then candidate shapes it was not exported at, varying what is dynamic.
 
-    H/W alternatives are non-square, smaller than the export shape where possible (fast), and keep the export
-    shape's divisibility (a YOLO input stays a multiple of 32).
+    The export is verified at the export shape and the first two candidates the PyTorch model accepts (a
+    top-k attention needs a minimum feature-map size, so small candidates may be skipped). H/W candidates are
+    non-square, smaller than the export shape first, and keep its divisibility (a YOLO input stays a multiple
+    of 32).
     """
     shapes = [tuple(shape)]
     if not (dynamic_batch or dynamic_hw):
         return shapes
     batch = shape[0]
-    batches = (batch + 1, batch + 2) if dynamic_batch else (batch, batch)
     if dynamic_hw and len(shape) == 4:
         h, w = shape[2], shape[3]
         step = _stride(h, w)
         heights = _alternatives(h, step, (0.75, 0.5))
         widths = _alternatives(w, step, (0.5, 0.75))
-        if widths == heights:  # keep the verified shapes non-square
-            widths.reverse()
-        for b, sh, sw in zip(batches, heights, widths, strict=True):
+        for i, (sh, sw) in enumerate(zip(heights, widths, strict=False)):
+            if sh == sw:  # keep the verified shapes non-square
+                sw = widths[i + 1] if i + 1 < len(widths) else sw + step
+            b = batch + 1 + i % 2 if dynamic_batch else batch
             shapes.append((b, shape[1], sh, sw))
     else:
-        for b in batches:
-            shapes.append((b, *shape[1:]))
+        shapes += [(batch + k, *shape[1:]) for k in (1, 2)]
     return shapes

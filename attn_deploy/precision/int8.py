@@ -113,6 +113,7 @@ def quantize_int8(
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=exclude,
+                op_types_to_quantize=list(config.op_types) or None,
                 calibrate_method=CALIBRATION_METHODS[config.calibration],
                 extra_options=extra_options,
                 calibration_cache_path=cache_path,

@@ -1,0 +1,81 @@
+"""PNG charts of benchmark results.
+
+matplotlib's object API (``Figure`` drawn on the Agg canvas), not pyplot: headless, no global state.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from attn_deploy.fsutil import write_with
+
+Bars = Mapping[str, Mapping[str, tuple[float, float] | None]]
+"""category -> series -> (value, upper whisker) or None where not measured."""
+
+
+def _grouped_bars(ax: Axes, bars: Bars, series: Sequence[str]) -> None:
+    categories = list(bars)
+    x = np.arange(len(categories))
+    width = 0.8 / max(len(series), 1)
+    for i, name in enumerate(series):
+        cells = [bars[c].get(name) for c in categories]
+        values = [cell[0] if cell else np.nan for cell in cells]
+        upper = [max(cell[1] - cell[0], 0.0) if cell else 0.0 for cell in cells]
+        whiskers = {"yerr": [[0.0] * len(upper), upper], "capsize": 2} if any(upper) else {}
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name, **whiskers)
+    ax.set_xticks(
+        x,
+        categories,
+        rotation=30 if len(categories) > 4 else 0,
+        ha="right" if len(categories) > 4 else "center",
+    )
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _figure(width: float) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(width, 4.2))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
+def _save(fig: Figure, path: str | os.PathLike[str]) -> None:
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+
+
+def latency_bars(bars: Bars, series: Sequence[str], path: str | os.PathLike[str], title: str) -> None:
+    """Grouped bars of p50 latency (ms) per category and backend, whiskers up to p90."""
+    fig, ax = _figure(max(6.0, 0.55 * len(bars) * max(len(series), 1) + 3))
+    _grouped_bars(ax, bars, series)
+    ax.set_ylabel("latency p50 (ms), whisker p90")
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)
+
+
+def overhead_chart(
+    overheads: Bars,
+    series: Sequence[str],
+    path: str | os.PathLike[str],
+    title: str,
+    claimed: Mapping[str, float] | None = None,
+) -> None:
+    """Grouped bars of latency overhead (%) vs ``none`` per attention and backend; claims as black marks."""
+    fig, ax = _figure(max(6.0, 0.9 * len(overheads) + 3))
+    _grouped_bars(ax, overheads, series)
+    if claimed:
+        categories = list(overheads)
+        xs = [categories.index(c) for c in claimed if c in categories]
+        ys = [claimed[c] for c in claimed if c in categories]
+        ax.scatter(xs, ys, marker="_", s=600, color="black", zorder=3, label="claimed")
+        ax.legend(fontsize=8)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel("latency overhead vs none (%)")
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)

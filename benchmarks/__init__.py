@@ -1,0 +1,1 @@
+"""Benchmark scripts (``python -m benchmarks.run_all``) and their stored results under ``results/``."""
