@@ -108,11 +108,14 @@ class Int8Config:
     gate_op_types: tuple[str, ...] = ("Sigmoid", "HardSigmoid", "Softmax")
     exclude_op_types: tuple[str, ...] = ()  # further op types never quantized
     op_types: tuple[str, ...] = ()  # op types that get Q/DQ (empty: every type ONNX Runtime can quantize)
+    fallback_cosine: float | None = None  # keep leading layers in float until INT8 vs FP32 cosine >= this
     cache_dir: str | None = None  # calibration cache; default $XDG_CACHE_HOME/attn-deploy/calibration
 
     def __post_init__(self) -> None:
         _check(self.num_images >= 1, "num_images", self.num_images, "an integer >= 1")
         _check(0 < self.percentile <= 100, "percentile", self.percentile, "a number in (0, 100]")
+        ok = self.fallback_cosine is None or 0 < self.fallback_cosine <= 1
+        _check(ok, "fallback_cosine", self.fallback_cosine, "a number in (0, 1] or null")
 
 
 @dataclass(frozen=True)
@@ -123,15 +126,13 @@ class Tolerances:
     max_rel: float | None = None  # max abs error / max |reference|, per output
     cosine: float = 0.9999
     top1: float = 0.99  # fraction of images whose top-1 class equals PyTorch's (classifiers)
-    box_agreement: float = (
-        0.95  # fraction of PyTorch's boxes matched (IoU >= box_iou, same class) (detectors)
-    )
+    box_agreement: float | None = 0.95  # matched decoded boxes (IoU >= box_iou, same class) (detectors)
     box_iou: float = 0.9
 
     def __post_init__(self) -> None:
         for key in ("cosine", "top1", "box_agreement", "box_iou"):
             value = getattr(self, key)
-            _check(0 <= value <= 1, key, value, "a number in [0, 1]")
+            _check(value is None or 0 <= value <= 1, key, value, "a number in [0, 1]")
         for key in ("max_abs", "max_rel"):
             value = getattr(self, key)
             _check(value is None or value > 0, key, value, "a number > 0 or null")

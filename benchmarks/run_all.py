@@ -4,8 +4,9 @@
     python -m benchmarks.run_all --archs yolov8s,resnet50,yolov8n,resnet18 --runs 20
     python -m benchmarks.run_all --quick               # resnet18 at 64x64, a few runs: checks the tooling
 
-Waits (up to ``--max-wait-s``) for the 1-minute load average to drop below ``--max-load`` before each
-architecture, since a shared CPU makes timings noisy; the load is recorded in every report. Writes
+Builds and exports every model of an architecture first, then waits (up to ``--max-wait-s``) for the
+1-minute load average to drop below ``--max-load`` before timing, since a shared CPU makes timings noisy (and
+PyTorch's OpenMP threads far more than ONNX Runtime's); the load is recorded in every report. Writes
 ``attention-<arch>.{md,json}`` and two PNG charts per architecture, plus ``summary.md`` / ``summary.json``,
 under ``benchmarks/results/<date>-<machine>/``.
 """
@@ -34,7 +35,7 @@ BACKENDS = ("torch", "ort", "ort-naive")
 
 
 def wait_for_quiet(max_load: float, max_wait_s: float, poll_s: float = 15.0) -> list[float]:
-    """Sleep until the 1-minute load average is below ``max_load`` or ``max_wait_s`` passed; return the load."""
+    """Sleep until the 1-minute load is below ``max_load`` (or ``max_wait_s`` passed); return the load."""
     deadline = time.monotonic() + max_wait_s
     load = list(os.getloadavg())
     while load[0] >= max_load and time.monotonic() < deadline:
@@ -49,7 +50,15 @@ def bench_arch(
 ) -> tuple[BenchRun, list[AttentionRow], SeedComparison | None]:
     """One attention cost table: every attention on ``arch`` against none, one interleaved run."""
     names = [f"{arch}-{a}" for a in resolve_attentions(args.attention)]
-    with bench_progress(f"bench {arch}") as (on_stage, on_timing_start, on_call):
+    with bench_progress(f"bench {arch}") as (on_stage, start_bar, on_call):
+
+        def on_timing_start(total: int) -> None:
+            # Models are built and exported by now (minutes for yolov8s): wait for a quiet CPU to time them.
+            on_stage("waiting for a quiet CPU")
+            load = wait_for_quiet(args.max_load, args.max_wait_s)
+            console.print(f"[bold]{arch}[/]: timing at load average {load}", highlight=False)
+            start_bar(total)
+
         run = bench_models(
             names,
             backends=BACKENDS,
@@ -84,7 +93,7 @@ def summary_rows(run: BenchRun, rows: list[AttentionRow]) -> list[list[Any]]:
                 n.wall.p50_ms / o.wall.p50_ms if o and n else None,
                 o.wall.fps(run.batch) if o else None,
                 row.latency_overhead_pct.get("ort"),
-                "yes" if n and n.target.export and n.target.export.verified else "NO",
+                {True: "yes", False: "NO", None: "-"}[n.target.verified if n else None],
             ]
         )
     return out
@@ -126,8 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     folder: Path | None = Path(args.out) if args.out else None
     try:
         for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
-            load = wait_for_quiet(args.max_load, args.max_wait_s)
-            console.print(f"[bold]{arch}[/]: load average {load}", highlight=False)
             run, rows, seed = bench_arch(arch, args)
             folder = folder or render.results_folder(run)
             render.write_attention_report(run, arch, rows, seed, folder)
@@ -140,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(
                 f"## {arch} at {size}, batch {run.batch}\n\n{render.machine_lines(run)}\n\n"
                 + markdown_table(SUMMARY_HEADERS, summary_rows(run, rows))
+                + "".join(f"\n{r.attention}: not measured: {r.skipped}\n" for r in rows if r.skipped)
                 + (f"\n{render.seed_table(seed).markdown()}" if seed else "")
                 + f"\nDetails: [attention-{arch}.md](attention-{arch}.md)\n"
             )

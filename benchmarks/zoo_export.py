@@ -76,16 +76,33 @@ def main() -> None:
     out = Path(args.out)
     fsutil.write_json(out.with_suffix(".json"), report)
     table = markdown_table(
-        ["model", "export s", "passed", "max abs", "max rel", "cosine", "scores/logits max abs", "boxes max abs px"],
+        [
+            "model",
+            "export s",
+            "passed",
+            "max abs",
+            "max rel",
+            "cosine",
+            "scores/logits max abs",
+            "boxes max abs px",
+        ],
         [
             [
-                r["model"], r["export_s"], r["passed"], r["max_abs"], r["max_rel"], r["cosine"],
-                r.get("max_abs_scores", r.get("max_abs_logits")), r.get("max_abs_boxes_px"),
+                r["model"],
+                r["export_s"],
+                r["passed"],
+                r["max_abs"],
+                r["max_rel"],
+                r["cosine"],
+                r.get("max_abs_scores", r.get("max_abs_logits")),
+                r.get("max_abs_boxes_px"),
             ]
             for r in rows
         ],
     )
-    fsutil.write_text(out.with_suffix(".md"), f"# Zoo export, dynamic batch and H/W ({report['date']})\n\n{table}")
+    fsutil.write_text(
+        out.with_suffix(".md"), f"# Zoo export, dynamic batch and H/W ({report['date']})\n\n{table}"
+    )
     console.print(table)
 
 

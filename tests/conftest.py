@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -30,8 +30,17 @@ def torch_outputs(model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> lis
         return [t.numpy() for t in flatten_outputs(model.eval()(*inputs))]
 
 
+def uniform_input(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Uniform values in [-1, 1]."""
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
 def assert_ort_matches_torch(
-    model: torch.nn.Module, onnx_path: str | os.PathLike[str], shapes: Sequence[tuple[int, ...]], atol: float = 1e-4
+    model: torch.nn.Module,
+    onnx_path: str | os.PathLike[str],
+    shapes: Sequence[tuple[int, ...]],
+    atol: float = 1e-4,
+    make_input: Callable[[tuple[int, ...], int], torch.Tensor] = uniform_input,
 ) -> None:
     """Exported graph == PyTorch at each shape: max abs error <= atol (scaled by the output's magnitude when it
     exceeds 1), or, for outputs whose FP32 rounding is larger than that, as close to a float64 run as PyTorch
@@ -39,7 +48,7 @@ def assert_ort_matches_torch(
     from attn_deploy.validate.parity import within_fp32_noise
 
     for i, shape in enumerate(shapes):
-        x = torch.rand(shape, generator=torch.Generator().manual_seed(100 + i)) * 2 - 1
+        x = make_input(tuple(shape), 100 + i)
         refs, gots = torch_outputs(model, [x]), ort_outputs(onnx_path, [x])
         for ref, got in zip(refs, gots, strict=True):
             assert ref.shape == got.shape, f"shape {shape}: {got.shape} != {ref.shape}"

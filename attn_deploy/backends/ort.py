@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +17,20 @@ def make_session(
     model: str | os.PathLike[str] | bytes,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     threads: int | None = None,
+    config: Mapping[str, str] | None = None,
 ) -> ort.InferenceSession:
-    """An InferenceSession with full graph optimisation and fixed thread counts; a clear error for bad files."""
+    """An InferenceSession with full graph optimisation and fixed thread counts; a clear error for bad files.
+
+    ``config``: extra session config entries (``SessionOptions.add_session_config_entry``).
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     source = model if isinstance(model, bytes) else str(model)
     if not isinstance(model, bytes) and not Path(model).is_file():
         raise InputError(f"ONNX file '{model}' not found; pass the path of an exported model.onnx")
@@ -50,17 +56,19 @@ class OrtRunner(RunnerBase):
         model: str | os.PathLike[str] | bytes,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         threads: int | None = None,
+        config: Mapping[str, str] | None = None,
     ) -> None:
         self.model = model
         self.providers = tuple(providers)
         self.threads = threads
+        self.config = dict(config or {})
         self.session: ort.InferenceSession | None = None
         self.name = "ort-" + self.providers[0].replace("ExecutionProvider", "").lower()
 
     def activate(self) -> None:
         """Create the session (once)."""
         if self.session is None:
-            self.session = make_session(self.model, self.providers, self.threads)
+            self.session = make_session(self.model, self.providers, self.threads, self.config)
 
     def deactivate(self) -> None:
         """Drop the session."""

@@ -49,13 +49,15 @@ class AttentionRow:
 
     attention: str
     model: str
-    params_m: float
-    gflops: float
+    params_m: float | None
+    gflops: float | None
     params_overhead_pct: float | None
     gflops_overhead_pct: float | None
     latency: dict[str, TargetResult] = field(default_factory=dict)
     """Per ``backend/precision`` label."""
     latency_overhead_pct: dict[str, float | None] = field(default_factory=dict)
+    skipped: str | None = None
+    """Why the model could not be built or timed at all (e.g. a module that needs a larger input)."""
 
     def to_dict(self, batch: int) -> dict[str, Any]:
         """JSON form."""
@@ -66,6 +68,7 @@ class AttentionRow:
             "gflops": self.gflops,
             "params_overhead_pct": self.params_overhead_pct,
             "gflops_overhead_pct": self.gflops_overhead_pct,
+            "skipped": self.skipped,
             "latency": {
                 label: {
                     "p50_ms": r.wall.p50_ms,
@@ -74,7 +77,7 @@ class AttentionRow:
                     "cv": r.wall.cv,
                     "ratio_vs_torch": r.ratio_vs_torch,
                     "overhead_pct": self.latency_overhead_pct.get(label),
-                    "verified": r.target.export.verified if r.target.export else None,
+                    "verified": r.target.verified,
                 }
                 for label, r in self.latency.items()
             },
@@ -88,20 +91,25 @@ def label(result: TargetResult) -> str:
 
 
 def attention_table(run: BenchRun, arch: str) -> list[AttentionRow]:
-    """Rows for every model of ``run`` (``<arch>-<attention>``), overheads relative to ``<arch>-none``."""
+    """Rows for every model of ``run`` (``<arch>-<attention>``), overheads relative to ``<arch>-none``.
+
+    A model that could not be built at the run's size still gets a row, with the reason in ``skipped``.
+    """
     base_model = f"{arch}-{BASELINE}"
     base_profile = run.profiles.get(base_model, {})
     base_latency = {label(r): r.wall.p50_ms for r in run.results if r.target.model == base_model}
+    whole_model_skips = {s.model: s.reason for s in run.skipped if s.backend == "*"}
     rows = []
     for model in run.models:
-        prof = run.profiles[model]
+        prof = run.profiles.get(model, {})
         row = AttentionRow(
             attention=model.split("-", 1)[1],
             model=model,
-            params_m=prof["params_m"],
-            gflops=prof["gflops"],
-            params_overhead_pct=pct(prof["params_m"], base_profile.get("params_m")),
-            gflops_overhead_pct=pct(prof["gflops"], base_profile.get("gflops")),
+            params_m=prof.get("params_m"),
+            gflops=prof.get("gflops"),
+            params_overhead_pct=pct(prof.get("params_m"), base_profile.get("params_m")),
+            gflops_overhead_pct=pct(prof.get("gflops"), base_profile.get("gflops")),
+            skipped=whole_model_skips.get(model),
         )
         for r in run.results:
             if r.target.model == model:

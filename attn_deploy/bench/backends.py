@@ -39,6 +39,11 @@ from attn_deploy.export.pipeline import export_onnx
 
 BACKENDS = ("torch", "ort", "ort-naive", "trt", "torch-cuda", "ort-cuda")
 PRECISIONS = ("fp32", "fp16", "int8")
+ORT_BENCH_CONFIG = {"session.force_spinning_stop": "1"}
+"""ONNX Runtime keeps its default spin-waiting inside a run but parks its threads when ``run`` returns
+(onnxruntime_session_options_config_keys.h: "forces any TP threads spinning stop immediately when the last of
+concurrent Run() call returns"). Otherwise an idle session's pool keeps spinning and steals the cores of
+whatever runs next in the interleaved loop: PyTorch, or the many other sessions of an attention table."""
 REFERENCE = "torch"
 """The backend every ``ratio_vs_torch`` is taken against (PyTorch eager, CPU, FP32)."""
 
@@ -80,6 +85,12 @@ class BenchTarget:
     def key(self) -> str:
         """Unique label in a run."""
         return f"{self.model}/{self.backend}/{self.precision}"
+
+    @property
+    def verified(self) -> bool | None:
+        """Whether this FP32 graph matches PyTorch (``None``: not an export, or a reduced-precision copy,
+        whose accuracy ``attn-deploy validate`` measures)."""
+        return self.export.verified if self.export and self.precision == "fp32" else None
 
 
 @dataclass(frozen=True)
@@ -231,7 +242,7 @@ def _build(
     if backend == "ort-cuda":
         providers = ("CUDAExecutionProvider", "CPUExecutionProvider")
     path = cache.with_precision(mut, info, precision, "ort")
-    runner = OrtRunner(path, providers=providers, threads=threads)
+    runner = OrtRunner(path, providers=providers, threads=threads, config=ORT_BENCH_CONFIG)
     return BenchTarget(mut.name, backend, precision, _runner_call(runner, mut.feed), export=info)
 
 

@@ -13,6 +13,8 @@ have none). Without CUDA every GPU backend is skipped with :func:`cuda_skip_reas
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -33,7 +35,7 @@ class TorchCudaCall:
     """One timed PyTorch forward on the GPU; ``__call__`` returns the GPU compute time in ms."""
 
     def __init__(self, model: nn.Module, sample: torch.Tensor, cuda_graph: bool = False) -> None:
-        self.model = model.eval().to("cuda")
+        self.model = copy.deepcopy(model).eval().to("cuda")  # the CPU backends keep the original
         self.host = sample.numpy()
         self.static_input = sample.to("cuda")
         self.graph: torch.cuda.CUDAGraph | None = None

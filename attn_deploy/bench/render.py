@@ -94,7 +94,7 @@ def latency_table(run: BenchRun) -> TableData:
                 r.wall.fps(run.batch),
                 r.ratio_vs_torch,
                 r.wall.cv,
-                _verified(t.export.verified if t.export else None),
+                _verified(t.verified),
             ]
         )
         if r.gpu:
@@ -137,7 +137,7 @@ def speed_checks(run: BenchRun, deployed: str = "ort") -> list[Check]:
                 note = f"same within noise (+-{margin:.1%})"
             else:
                 note = f"SLOWER beyond noise (+-{margin:.1%})"
-            if naive.target.export and not naive.target.export.verified:
+            if naive.target.verified is False:
                 note += "; the naive graph does not match PyTorch"
             checks.append(
                 Check(
@@ -180,6 +180,8 @@ def attention_cost_table(rows: Sequence[AttentionRow], arch: str, batch: int) ->
                 [r.wall.p50_ms, r.wall.fps(batch), row.latency_overhead_pct.get(lbl)] if r else [None] * 3
             )
         table.rows.append(cells)
+        if row.skipped:
+            table.notes.append(f"{row.attention}: not measured: {row.skipped}")
     table.notes.append(FLOPS_NOTE)
     return table
 

@@ -18,7 +18,8 @@ from attn_deploy.bench.backends import (
 )
 from attn_deploy.bench.machine import describe_machine, load_average
 from attn_deploy.bench.timing import CV_WARN, LatencyStats, fix_threads, time_interleaved
-from attn_deploy.errors import ConfigError
+from attn_deploy.errors import AttnDeployError, ConfigError
+from attn_deploy.models import resolve_name
 
 BUSY_LOAD = 0.5
 """Warn when the 1-minute load average before timing exceeds this many times the physical cores."""
@@ -53,7 +54,7 @@ class TargetResult:
             "cv": self.wall.cv,
             "runs": self.wall.runs,
             "gpu_compute_p50_ms": self.gpu.p50_ms if self.gpu else None,
-            "verified": export.verified if export else None,
+            "verified": t.verified,
             "rewrites": export.rewrites if export else None,
             "problem": export.problem if export else None,
         }
@@ -101,7 +102,7 @@ class BenchRun:
         seen: set[str] = set()
         for r in self.results:
             e = r.target.export
-            if e and not e.verified and r.target.model + r.target.backend not in seen:
+            if e and r.target.verified is False and r.target.model + r.target.backend not in seen:
                 seen.add(r.target.model + r.target.backend)
                 notes.append(
                     f"{r.target.model}/{r.target.backend}: graph does NOT match PyTorch: {e.problem}"
@@ -171,14 +172,23 @@ def bench_models(
     count = fix_threads(threads)
     with tempfile.TemporaryDirectory(prefix="attn-deploy-bench-") as tmp:
         cache = OnnxCache(Path(workdir) if workdir else Path(tmp))
-        run = BenchRun(list(names), batch, (0, 0), count, runs, warmup_s, {})
+        names = [resolve_name(n) for n in names]
+        run = BenchRun(names, batch, (0, 0), count, runs, warmup_s, {})
         targets: list[BenchTarget] = []
         for name in names:
             if on_stage:
                 on_stage(f"{name}: build")
-            mut = prepare_model(name, imgsz, batch)
+            try:
+                mut = prepare_model(name, imgsz, batch)
+                run.profiles[mut.name] = profile(mut)
+            except AttnDeployError as exc:
+                if len(names) == 1:
+                    raise
+                run.skipped.append(
+                    Skipped(name, "*", "*", str(exc))
+                )  # e.g. a module that needs a larger input
+                continue
             run.imgsz = tuple(mut.sample.shape[2:])  # type: ignore[assignment]
-            run.profiles[mut.name] = profile(mut)
             if on_stage:
                 on_stage(f"{name}: export + sessions")
             built, skipped = build_targets(
@@ -186,7 +196,6 @@ def bench_models(
             )
             targets += built
             run.skipped += skipped
-        run.models = list(dict.fromkeys(t.model for t in targets)) or list(names)
         if not targets:
             raise ConfigError(
                 "nothing to time: " + "; ".join(f"{s.backend}/{s.precision}: {s.reason}" for s in run.skipped)

@@ -95,8 +95,8 @@ class SeedRow:
     """Measured versus claimed for one attention module."""
 
     attention: str
-    params_m: float
-    gflops: float
+    params_m: float | None
+    gflops: float | None
     claimed_params_m: Claimed | None
     claimed_gflops: Claimed | None
     claimed_overhead_pct: Claimed | None
@@ -202,7 +202,7 @@ def compare_with_seed(
     comparison = SeedComparison(arch, deployed)
     base = next((r for r in rows if r.attention == BASELINE), None)
     for row in rows:
-        if not any(row.attention in t.rows for t in tables):
+        if row.skipped or not any(row.attention in t.rows for t in tables):
             continue
         sources = comparison.sources
         claimed, basis = (None, None)

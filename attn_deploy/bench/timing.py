@@ -3,7 +3,11 @@
 Backends are timed in ONE process, round-robin: iteration ``i`` calls every backend once (the starting
 backend rotates each iteration, so none always runs right after the same neighbour). Drift in clock speed,
 load from other processes or thermal state then hits every backend alike, and ratios taken from the same
-run stay comparable even on a noisy machine. Warm-up is by time (and at least one call per backend).
+run stay comparable even on a noisy machine. Warm-up is by time (and at least two calls per backend).
+
+Between calls the loop sleeps ``settle_s`` (5 ms): worker threads that spin-wait after a run (ONNX Runtime's
+intra-op pool, PyTorch's OpenMP team) park before the next backend starts, instead of competing with it for
+the same cores. Each backend keeps its default threading; only the leak from one backend into the next goes.
 
 A timed call may return a GPU compute time in milliseconds (CUDA events around the device work only);
 the loop always measures end-to-end wall time itself with ``time.perf_counter``.
@@ -22,6 +26,10 @@ import numpy as np
 
 from attn_deploy.errors import ConfigError
 
+SETTLE_S = 0.005
+"""Pause between timed calls so threads spinning after one backend's run do not steal the next one's cores."""
+MIN_WARMUP_ROUNDS = 2
+"""Warm-up calls per backend at least (first calls build kernels, caches and memory arenas)."""
 CV_WARN = 0.10
 """Coefficient of variation (std / mean) above which a measurement is flagged as noisy."""
 
@@ -113,19 +121,23 @@ def time_interleaved(
     *,
     runs: int,
     warmup_s: float = 2.0,
+    settle_s: float = SETTLE_S,
     on_call: Callable[[str, bool], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Samples]:
-    """Warm up for ``warmup_s`` seconds, then time ``runs`` interleaved iterations of every call.
+    """Warm up for ``warmup_s`` seconds (at least two rounds), then time ``runs`` interleaved iterations.
 
-    ``on_call(name, warming_up)`` runs after each call (progress display). Returns raw samples per name.
+    ``settle_s`` is slept (untimed) before every call. ``on_call(name, warming_up)`` runs after each call
+    (progress display). Returns raw samples per name.
     """
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     names = list(calls)
     started, rounds = clock(), 0
-    while rounds == 0 or clock() - started < warmup_s:
+    while rounds < MIN_WARMUP_ROUNDS or clock() - started < warmup_s:
         for name in interleaved_order(names, rounds + 1)[rounds]:
+            sleep(settle_s)
             calls[name]()
             if on_call:
                 on_call(name, True)
@@ -133,6 +145,7 @@ def time_interleaved(
     samples = {name: Samples([], []) for name in names}
     for order in interleaved_order(names, runs):
         for name in order:
+            sleep(settle_s)
             t0 = clock()
             gpu_ms = calls[name]()
             samples[name].wall_ms.append((clock() - t0) * 1000.0)

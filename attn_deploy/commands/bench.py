@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -107,7 +108,7 @@ def print_table(data: object) -> None:
         table.add_row(*(fmt(c) for c in row))
     console.print(table)
     for note in data.notes:
-        console.print(f"[dim]{note}[/]", highlight=False)
+        console.print(f"[dim]{escape(note)}[/]", highlight=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     print_table(render.latency_table(result))
     print_table(render.checks_table(render.speed_checks(result)))
     for warning in result.warnings():
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if args.json:
         document = (
             render.attention_json(result, arch, rows, seed) if args.arch else render.results_json(result)

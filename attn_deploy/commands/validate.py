@@ -70,6 +70,13 @@ def run(args: argparse.Namespace) -> int:
     caption = f"{report.num_images} images, input {report.input_shape}, {report.seconds} s"
     checks = checks_table(title, report.checks, caption)
     console.print(checks)
+    if "boxes" in report.details:
+        b = report.details["boxes"]
+        console.print(
+            f"box agreement {b['agreement']:.1%}: {b['matched']}/{b['reference_boxes']} PyTorch boxes "
+            f"matched (IoU >= {b['iou']:g}, same class; {b['candidate_boxes']} candidate boxes, "
+            f"score >= {b['conf']:.3g})"
+        )
     outputs = Table(title="Per output")
     for col in ("output", "max abs", "max rel", "cosine", "non-finite"):
         outputs.add_column(col, justify="right")

@@ -23,21 +23,25 @@ import io
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+from attn_deploy.backends.base import Runner
 from attn_deploy.config import Int8Config
 from attn_deploy.errors import ExportError
 from attn_deploy.precision.calibration import CalibrationSet, calibration_cache_path, calibration_key
 from attn_deploy.precision.graph import GraphView, ensure_node_names
 from attn_deploy.precision.policy import attention_gate_nodes
 
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+FALLBACK_CHECK_IMAGES = 8
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -56,6 +60,7 @@ class Int8Report:
     keep_gates_fp: bool
     quantize_bias: bool
     excluded_nodes: list[str] = field(default_factory=list)
+    fallback_nodes: list[str] = field(default_factory=list)  # leading layers kept in float (fallback_cosine)
     qdq_nodes: int = 0
     seconds: float = 0.0
 
@@ -83,7 +88,8 @@ def quantize_int8(
     """Return a Q/DQ INT8 copy of the FP32 ``model`` calibrated on ``calib``, and a report.
 
     Calibration ranges are read from / written to the cache (``cache_dir``, else ``config.cache_dir``, else
-    the user cache) under :func:`~attn_deploy.precision.calibration.calibration_key`.
+    the user cache) under :func:`~attn_deploy.precision.calibration.calibration_key`. With
+    ``config.fallback_cosine`` set, see :func:`leading_fallback`.
     """
     config = config or Int8Config()
     start = time.perf_counter()
@@ -94,6 +100,82 @@ def quantize_int8(
     cache_path = calibration_cache_path(key, cache_dir if cache_dir is not None else config.cache_dir)
     cache_hit = cache_path.is_file()
     exclude = excluded_nodes(work, config)
+
+    def quantize(nodes_to_exclude: list[str]) -> onnx.ModelProto:
+        return _quantize_static(work, calib, config, nodes_to_exclude, quantize_bias, cache_path)
+
+    quantized = quantize(exclude)
+    fallback: list[str] = []
+    if config.fallback_cosine is not None:
+        quantized, fallback = leading_fallback(
+            work, quantized, calib, config.fallback_cosine, exclude, quantize
+        )
+    qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node)
+    report = Int8Report(
+        method=config.calibration,
+        calibration=calib.describe(),
+        cache_key=key,
+        cache_hit=cache_hit,
+        keep_gates_fp=config.keep_gates_fp,
+        quantize_bias=quantize_bias,
+        excluded_nodes=exclude,
+        fallback_nodes=fallback,
+        qdq_nodes=qdq,
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    return quantized, report
+
+
+def leading_fallback(
+    model: onnx.ModelProto,
+    quantized: onnx.ModelProto,
+    calib: CalibrationSet,
+    target: float,
+    exclude: list[str],
+    quantize: Callable[[list[str]], onnx.ModelProto],
+) -> tuple[onnx.ModelProto, list[str]]:
+    """Keep the first 1, 2, 4, 8, ... weighted layers (Conv/Gemm/MatMul, graph order) in float until the INT8
+    graph's outputs reach cosine >= ``target`` against the FP32 graph on calibration images.
+
+    Why the leading layers: measured on the zoo's ResNet-50s, quantization noise enters every layer about
+    equally and is carried by every later one, so the early, high-resolution layers cost the most accuracy
+    per layer kept in float (benchmarks/results/int8_placement.md). Only calibration images are used.
+    """
+    from attn_deploy.backends.ort import OrtRunner
+    from attn_deploy.validate.parity import compare_outputs
+
+    check = calib.images[: min(len(calib.images), FALLBACK_CHECK_IMAGES)]
+    reference = _run(OrtRunner(model.SerializeToString()), calib.input_name, check)
+    layers = [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS and n.name not in exclude]
+    count = 0
+    while True:
+        outputs = _run(OrtRunner(quantized.SerializeToString()), calib.input_name, check)
+        if compare_outputs(reference, outputs, atol=float("inf"), min_cosine=0.0).cosine >= target:
+            return quantized, layers[:count]
+        if count >= len(layers):
+            raise ExportError(
+                f"INT8 cannot reach cosine {target:g} against FP32 even with every weighted layer in float; "
+                "lower int8.fallback_cosine or use fp16"
+            )
+        count = min(len(layers), max(1, 2 * count))
+        quantized = quantize(exclude + layers[:count])
+
+
+def _run(runner: Runner, input_name: str, images: np.ndarray) -> list[np.ndarray]:
+    """Outputs of ``runner`` over ``images`` one at a time, concatenated per output."""
+    batches = [runner.infer({input_name: images[i : i + 1]}) for i in range(len(images))]
+    return [np.concatenate([b[name] for b in batches]) for name in batches[0]]
+
+
+def _quantize_static(
+    model: onnx.ModelProto,
+    calib: CalibrationSet,
+    config: Int8Config,
+    exclude: list[str],
+    quantize_bias: bool,
+    cache_path: Path,
+) -> onnx.ModelProto:
+    """One ``quantize_static`` call (calibration ranges from / into ``cache_path``)."""
     extra_options = {
         "ActivationSymmetric": config.symmetric,
         "WeightSymmetric": True,
@@ -102,10 +184,11 @@ def quantize_int8(
         "CalibPercentile": config.percentile,
     }
     with tempfile.TemporaryDirectory(prefix="attn-deploy-int8-") as tmp, _quiet_ort_quantization():
-        out = Path(tmp) / "model.int8.onnx"
+        source, out = Path(tmp) / "model.fp32.onnx", Path(tmp) / "model.int8.onnx"
+        onnx.save(model, str(source))  # a path, not the proto: ONNX Runtime moves a proto's weights to files
         try:
             quantize_static(
-                work,
+                source,
                 out,
                 calib.reader(),
                 quant_format=QuantFormat.QDQ,
@@ -120,20 +203,7 @@ def quantize_int8(
             )
         except (ValueError, RuntimeError) as exc:
             raise ExportError(f"INT8 quantization failed: {str(exc).splitlines()[0]}") from None
-        quantized = onnx.load(str(out))
-    qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node)
-    report = Int8Report(
-        method=config.calibration,
-        calibration=calib.describe(),
-        cache_key=key,
-        cache_hit=cache_hit,
-        keep_gates_fp=config.keep_gates_fp,
-        quantize_bias=quantize_bias,
-        excluded_nodes=exclude,
-        qdq_nodes=qdq,
-        seconds=round(time.perf_counter() - start, 3),
-    )
-    return quantized, report
+        return onnx.load(str(out))
 
 
 class _DropPreprocessHint(logging.Filter):

@@ -42,7 +42,9 @@ def save_polygraphy_data(
         (runner_name, [IterationResult(outputs=dict(o), runner_name=runner_name) for o in reference_outputs])
     )
     with G_LOGGER.verbosity(G_LOGGER.ERROR):  # no "[I] Saving ..." lines on our console
-        write_with(inputs_path, lambda tmp: save_json([dict(f) for f in feeds], str(tmp), description="inputs"))
+        write_with(
+            inputs_path, lambda tmp: save_json([dict(f) for f in feeds], str(tmp), description="inputs")
+        )
         write_with(outputs_path, lambda tmp: results.save(str(tmp)))
     return inputs_path, outputs_path
 

@@ -164,7 +164,8 @@ def score(
     elif task == "detect":
         boxes = box_agreement(reference[first], candidate[first], iou=tol.box_iou)
         details["boxes"] = boxes.to_dict()
-        checks.append(Check("box agreement", boxes.agreement, tol.box_agreement, ">="))
+        if tol.box_agreement is not None:
+            checks.append(Check("box agreement", boxes.agreement, tol.box_agreement, ">="))
     return parity, checks, details
 
 
@@ -280,9 +281,9 @@ def render_validation(report: ValidationReport, command: str) -> str:
     if "boxes" in report.details:
         b = report.details["boxes"]
         lines.append(
-            f"Boxes: {b['matched']} of {b['reference_boxes']} PyTorch boxes matched by "
-            f"{b['candidate_boxes']} "
-            f"candidate boxes (IoU >= {b['iou']:g}, same class, score >= {b['conf']:.3g}).\n"
+            f"Box agreement {b['agreement']:.1%}: {b['matched']} of {b['reference_boxes']} PyTorch boxes "
+            f"matched by {b['candidate_boxes']} candidate boxes (IoU >= {b['iou']:g}, same class, "
+            f"score >= {b['conf']:.3g}).\n"
         )
     lines.append(f"Reproduce with NVIDIA Polygraphy (first batch):\n\n```\n{command}\n```\n")
     return "\n".join(lines)

@@ -1,0 +1,171 @@
+"""INT8 Q/DQ: TensorRT-style quantization, attention-gate placement, calibration data and its cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+from PIL import Image
+from torch import nn
+
+from attn_deploy.config import Int8Config
+from attn_deploy.data.preprocess import PreprocessSpec, letterbox, resize_center_crop
+from attn_deploy.data.synthetic import synthetic_images
+from attn_deploy.errors import InputError
+from attn_deploy.precision.calibration import calibration_key, calibration_set
+from attn_deploy.precision.int8 import quantize_int8
+from attn_deploy.validate.parity import compare_outputs
+
+SIZE = (32, 32)
+SPEC = PreprocessSpec.for_kind("resize_crop", SIZE)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(channels, channels // 4, 1), nn.Conv2d(channels // 4, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+
+
+class TinyNet(nn.Module):
+    """conv-BN-SiLU (a sigmoid that is not a gate), an SE gate, conv, pooled linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.SiLU())
+        self.se = SqueezeExcite(16)
+        self.conv = nn.Sequential(nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU())
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(self.se(self.stem(x))).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[nn.Module, onnx.ModelProto]:
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    path = tmp_path_factory.mktemp("int8") / "tiny.onnx"
+    x = torch.from_numpy(SPEC(synthetic_images(1, SIZE, seed=5)))
+    torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["images"], verbose=False)
+    return model, onnx.load(str(path))
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return calibration_set("images", SPEC, num_images=8, seed=0)
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {"images": x[i : i + 1]})[0] for i in range(len(x))])
+
+
+def test_qdq_is_what_tensorrt_expects_and_stays_close(tiny, calib, tmp_path):
+    model, proto = tiny
+    quantized, report = quantize_int8(proto, calib, Int8Config(), quantize_bias=False, cache_dir=tmp_path)
+    inits = {t.name: numpy_helper.to_array(t) for t in quantized.graph.initializer}
+    dqs = [n for n in quantized.graph.node if n.op_type == "DequantizeLinear"]
+    assert report.qdq_nodes > 0 and dqs
+    for node in quantized.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
+            zero_point = inits[node.input[2]]
+            assert zero_point.dtype == np.int8 and not zero_point.any()  # signed, symmetric
+    conv_weights = {n.input[1] for n in quantized.graph.node if n.op_type == "Conv"}
+    weight_dqs = [n for n in dqs if n.output[0] in conv_weights]
+    assert weight_dqs and all(inits[n.input[1]].ndim == 1 and inits[n.input[1]].size > 1 for n in weight_dqs)
+    assert all(inits[n.input[0]].dtype == np.int8 for n in dqs if n.input[0] in inits)  # no INT32 biases
+
+    x = SPEC(synthetic_images(6, SIZE, seed=1000))
+    parity = compare_outputs([model(torch.from_numpy(x)).detach().numpy()], [_run(quantized, x)])
+    assert parity.cosine > 0.98, parity
+
+
+def test_attention_gates_can_stay_in_float(tiny, calib, tmp_path):
+    _, proto = tiny
+    _, plain = quantize_int8(proto, calib, Int8Config(), cache_dir=tmp_path)
+    gated, kept = quantize_int8(proto, calib, Int8Config(keep_gates_fp=True), cache_dir=tmp_path)
+    ops = {n.name: n.op_type for n in proto.graph.node}
+    assert plain.excluded_nodes == []
+    assert sorted(ops[name] for name in kept.excluded_nodes) == ["Mul", "Sigmoid"]  # the SE gate, not SiLU
+    assert kept.qdq_nodes < plain.qdq_nodes
+    assert gated.graph.node
+
+
+def test_calibration_cache_is_keyed_by_model_data_and_method(tiny, calib, tmp_path):
+    _, proto = tiny
+    first = quantize_int8(proto, calib, Int8Config(), cache_dir=tmp_path)[1]
+    again = quantize_int8(proto, calib, Int8Config(keep_gates_fp=True), cache_dir=tmp_path)[1]
+    assert (first.cache_hit, again.cache_hit, again.cache_key) == (False, True, first.cache_key)
+
+    other_data = calibration_set("images", SPEC, num_images=8, seed=1)
+    assert not quantize_int8(proto, other_data, Int8Config(), cache_dir=tmp_path)[1].cache_hit
+    assert not quantize_int8(proto, calib, Int8Config(calibration="minmax"), cache_dir=tmp_path)[1].cache_hit
+
+    changed = onnx.ModelProto()
+    changed.CopyFrom(proto)
+    weight = changed.graph.initializer[0]
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.01, weight.name))
+    assert not quantize_int8(changed, calib, Int8Config(), cache_dir=tmp_path)[1].cache_hit
+    assert len(list(tmp_path.glob("*.json"))) == 4
+
+    base = calibration_key(b"model", calib.data_hash, Int8Config())
+    assert base != calibration_key(b"model", calib.data_hash, Int8Config(percentile=99.9))
+    assert base == calibration_key(
+        b"model", calib.data_hash, Int8Config(keep_gates_fp=True, per_channel=False)
+    )
+
+
+def test_leading_layers_fall_back_to_float_until_the_target(tiny, calib, tmp_path):
+    _, proto = tiny
+    config = Int8Config(op_types=("Conv", "Gemm", "MatMul"), fallback_cosine=0.99999)
+    quantized, report = quantize_int8(proto, calib, config, cache_dir=tmp_path)
+    assert report.fallback_nodes
+    float_convs = [n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm")][
+        : len(report.fallback_nodes)
+    ]
+    assert report.fallback_nodes == float_convs
+    x = calib.images[:8]
+    assert compare_outputs([_run(proto, x)], [_run(quantized, x)]).cosine >= 0.99999
+
+
+def test_preprocessing_geometry():
+    wide = np.full((30, 60, 3), 200, dtype=np.uint8)
+    boxed = letterbox(wide, (32, 32))
+    assert boxed.shape == (32, 32, 3)
+    assert (boxed[:8] == 114).all() and (boxed[-8:] == 114).all() and (boxed[8:24] == 200).all()
+    cropped = resize_center_crop(np.arange(40 * 80 * 3, dtype=np.uint8).reshape(40, 80, 3), (32, 32))
+    assert cropped.shape == (32, 32, 3)
+    batch = PreprocessSpec.for_kind("resize_crop", (32, 32))([wide, wide])
+    assert batch.shape == (2, 3, 32, 32) and batch.dtype == np.float32
+    expected = (200 / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    assert np.allclose(batch[0, :, 16, 16], expected, atol=1e-5)
+
+
+def test_calibration_from_a_directory_and_its_errors(tmp_path: Path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(synthetic_images(3, (24, 40), seed=2)):
+        Image.fromarray(image).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+    (folder / "notes.txt").write_text("ignored")
+    letterboxed = PreprocessSpec.for_kind("letterbox", (32, 32))
+    calib = calibration_set("images", letterboxed, num_images=10, calib_dir=folder)
+    assert calib.images.shape == (3, 3, 32, 32) and calib.source == str(folder)
+    assert calib.data_hash != calibration_set("images", letterboxed, num_images=2, calib_dir=folder).data_hash
+
+    with pytest.raises(InputError, match="does not exist"):
+        calibration_set("images", letterboxed, num_images=4, calib_dir=tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match=r"holds no \.jpg/\.png images"):
+        calibration_set("images", letterboxed, num_images=4, calib_dir=empty)
+    (folder / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match=r"cannot read image .*broken\.png"):
+        calibration_set("images", letterboxed, num_images=10, calib_dir=folder)

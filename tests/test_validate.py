@@ -1,0 +1,151 @@
+"""`attn-deploy validate` and the precision stage of `attn-deploy export`, on small zoo artifacts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from polygraphy.comparator import RunResults
+from polygraphy.comparator.data_loader import StreamingDataLoader
+
+from attn_deploy.cli import main
+from attn_deploy.config import load_config, replace_config
+from attn_deploy.errors import ExportError
+from attn_deploy.export.zoo import export_zoo_model
+from attn_deploy.validate.classification import top1_agreement
+from attn_deploy.validate.detection import box_agreement, box_iou, decode, nms
+from attn_deploy.validate.polygraphy_io import INPUTS_NAME, OUTPUTS_NAME
+from attn_deploy.validate.validation import REPORT_MARKER, validate_artifact
+
+
+def _yolo_output(
+    boxes: list[tuple[float, float, float, float]], classes: list[int], scores: list[float]
+) -> np.ndarray:
+    """A (4 + 3, anchors) YOLO output with one anchor per box plus one empty anchor."""
+    out = np.zeros((7, len(boxes) + 1), dtype=np.float32)
+    for i, ((cx, cy, w, h), c, s) in enumerate(zip(boxes, classes, scores, strict=True)):
+        out[:4, i] = cx, cy, w, h
+        out[4 + c, i] = s
+    return out
+
+
+def test_box_decoding_nms_and_agreement():
+    a = np.array([[0, 0, 10, 10], [5, 5, 15, 15]], dtype=np.float64)
+    assert np.allclose(box_iou(a, a), [[1, 25 / 175], [25 / 175, 1]])
+    assert nms(
+        np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]]), np.array([0.9, 0.8, 0.7])
+    ).tolist() == [
+        0,
+        2,
+    ]
+    ref = _yolo_output([(10, 10, 8, 8), (11, 10, 8, 8), (40, 40, 10, 10)], [0, 0, 2], [0.9, 0.8, 0.6])
+    detections = decode(ref, conf=0.25)
+    assert len(detections) == 2 and detections.classes.tolist() == [
+        0,
+        2,
+    ]  # the overlapping same-class box is gone
+
+    same = box_agreement(ref[None], ref[None], conf=0.25)
+    assert (same.matched, same.agreement) == (2, 1.0)
+    moved = _yolo_output([(10, 10, 8, 8), (11, 10, 8, 8), (43, 40, 10, 10)], [0, 0, 2], [0.9, 0.8, 0.6])
+    assert box_agreement(ref[None], moved[None], conf=0.25).agreement == 0.5  # IoU 0.54 < 0.9
+    relabeled = _yolo_output([(10, 10, 8, 8), (11, 10, 8, 8), (40, 40, 10, 10)], [0, 0, 1], [0.9, 0.8, 0.6])
+    assert box_agreement(ref[None], relabeled[None], conf=0.25).matched == 1
+    extra = _yolo_output([(10, 10, 8, 8), (40, 40, 10, 10), (70, 70, 5, 5)], [0, 2, 1], [0.9, 0.6, 0.5])
+    assert box_agreement(ref[None], extra[None], conf=0.25).agreement == pytest.approx(2 / 3)
+    assert box_agreement(ref[None], ref[None]).conf == pytest.approx(
+        0.0
+    )  # auto threshold: top-100 of 4 anchors
+
+
+def test_top1_agreement():
+    ref = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert top1_agreement(ref, ref[:, ::-1]) == 0.0
+    assert top1_agreement(ref, ref + np.array([[0, 0], [0, 0], [0.5, 0]])) == pytest.approx(2 / 3)
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("engines")
+    artifact, _ = export_zoo_model("resnet18-se", imgsz=64, out_root=root, config=load_config("ort-fp16"))
+    return artifact.dir
+
+
+def test_fp16_export_manifest(classifier: Path):
+    manifest = json.loads((classifier / "manifest.json").read_text())
+    assert (manifest["target"], manifest["precision"], classifier.name) == ("ort-fp16", "fp16", "ort-fp16")
+    assert manifest["config"]["fp16"]["keep_io_fp32"] is True
+    assert manifest["precision_info"]["fp16"]["fp16_nodes"] > 0
+    parity = manifest["parity"]
+    assert parity["passed"] and parity["cosine"] >= 0.9999
+    assert {c["metric"] for c in parity["checks"]} >= {"cosine", "top-1 agreement"}
+    assert manifest["fp32_parity"]["passed"]
+    assert "top-1 agreement >= 0.99" in (classifier / "report.md").read_text()
+
+
+def test_validate_classifier_writes_reports_and_polygraphy_data(classifier: Path):
+    report = validate_artifact(classifier, num_images=4)
+    assert report.passed, report.checks
+    assert [c.metric for c in report.checks] == ["cosine", "new non-finite values", "top-1 agreement"]
+    validate_artifact(classifier, num_images=2)  # a second run replaces the section, never appends
+    assert (classifier / "report.md").read_text().count(REPORT_MARKER) == 1
+    data = json.loads((classifier / "validation.json").read_text())
+    assert (
+        data["passed"]
+        and data["num_images"] == 2
+        and data["polygraphy"].startswith("polygraphy run model.onnx")
+    )
+
+    feeds = list(StreamingDataLoader([str(classifier / INPUTS_NAME)]))
+    results = RunResults.load(str(classifier / OUTPUTS_NAME))
+    (runner_name, iterations), *_ = results.items()
+    assert runner_name == "pytorch-fp32" and len(feeds) == len(iterations) == 1
+    assert feeds[0]["images"].shape == (1, 3, 64, 64)
+    assert np.asarray(iterations[0]["logits"]).shape == (1, 1000)
+
+
+def test_validate_detector_reports_box_agreement(tmp_path: Path):
+    artifact, _ = export_zoo_model("yolov8n-eca", imgsz=64, out_root=tmp_path, config=load_config("ort-fp32"))
+    report = validate_artifact(artifact.dir, num_images=2)
+    assert report.passed, report.checks
+    assert report.checks[-1].metric == "box agreement" and report.details["boxes"]["reference_boxes"] > 0
+
+
+def test_int8_export_and_a_tolerance_miss(tmp_path: Path):
+    config = replace_config(
+        load_config("ort-int8"), {"int8.num_images": 4, "validation.num_images": 4, "tolerances.top1": 0.5}
+    )
+    artifact, _ = export_zoo_model("resnet18-eca", imgsz=64, out_root=tmp_path, config=config)
+    manifest = artifact.manifest
+    assert manifest["precision"] == "int8" and manifest["precision_info"]["int8"]["qdq_nodes"] > 0
+    assert manifest["precision_info"]["int8"]["calibration"]["source"] == "synthetic(seed=0)"
+
+    strict = replace_config(config, {"name": "ort-int8-strict", "tolerances.cosine": 0.9999999})
+    with pytest.raises(
+        ExportError, match=r"ort-int8-strict: cosine .* misses the tolerance >= 1 .*--calib-method"
+    ):
+        export_zoo_model("resnet18-eca", imgsz=64, out_root=tmp_path, config=strict)
+    assert not (tmp_path / "resnet18-eca" / "ort-int8-strict").exists()
+
+
+def test_cli_validate_and_one_line_errors(classifier: Path, tmp_path: Path, capsys):
+    assert main(["validate", str(classifier), "--images", "1"]) == 0
+    assert "PASSED" in capsys.readouterr().out
+
+    assert main(["validate", str(tmp_path / "nowhere")]) == 2
+    assert "is not an artifact directory" in capsys.readouterr().err
+
+    broken = tmp_path / "broken"
+    shutil.copytree(classifier, broken)
+    (broken / "model.onnx").write_bytes(b"\x08\x01garbage")
+    assert main(["validate", str(broken)]) == 2
+    assert "cannot load the model" in capsys.readouterr().err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = ["export", "--model", "resnet18-se", "--precision", "int8", "--calib-dir", str(empty)]
+    assert main(args) == 2
+    assert "holds no .jpg/.png images" in capsys.readouterr().err
