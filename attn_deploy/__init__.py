@@ -23,7 +23,15 @@ _LAZY = {
     "list_attention": ("attn_deploy.attention", "list_attention"),
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [  # noqa: RUF022 - the lazy names, in _LAZY's order
+    "__version__",
+    "export_onnx",
+    "ExportResult",
+    "create_model",
+    "list_models",
+    "create_attention",
+    "list_attention",
+]
 
 if TYPE_CHECKING:
     from attn_deploy.attention import create_attention, list_attention

@@ -31,7 +31,9 @@ def test_attention_exports_equal_at_every_shape(name: str, tmp_path) -> None:
         out, _ = rewrite_call(model, x)
         torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
 
-    res = export_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "m.onnx", dynamic_batch=True, dynamic_hw=True)
+    res = export_onnx(
+        model, torch.randn(1, 3, 32, 32), tmp_path / "m.onnx", dynamic_batch=True, dynamic_hw=True
+    )
     assert res.parity.passed and len(res.shapes) == 3
     assert res.inputs[0]["shape"] == ["batch", 3, "height", "width"]
     assert_ort_matches_torch(model, res.path, UNSEEN)

@@ -25,15 +25,22 @@ def test_export_writes_a_verified_artifact(tmp_path, capsys) -> None:
     code = main(["export", "--model", "yolov8n-eca", "--imgsz", "128", "--dynamic", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
-    assert "PASSED" in out and "Ops before / after simplify" in out and "adaptive_avg_pool->reduce_mean" in out
+    assert (
+        "PASSED" in out and "Ops before / after simplify" in out and "adaptive_avg_pool->reduce_mean" in out
+    )
 
     art = tmp_path / "yolov8n-eca" / "ort-fp32"
     assert sorted(p.name for p in art.iterdir()) == ["manifest.json", "model.onnx", "report.md"]
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["model"] == "yolov8n-eca" and manifest["task"] == "detect"
     assert manifest["sha256"] == hashlib.sha256((art / "model.onnx").read_bytes()).hexdigest()
-    assert manifest["inputs"] == [{"name": "images", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}]
-    assert manifest["outputs"][0]["name"] == "output0" and manifest["outputs"][0]["shape"][:2] == ["batch", 84]
+    assert manifest["inputs"] == [
+        {"name": "images", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}
+    ]
+    assert manifest["outputs"][0]["name"] == "output0" and manifest["outputs"][0]["shape"][:2] == [
+        "batch",
+        84,
+    ]
     assert manifest["dynamic"] == {"batch": True, "hw": True}
     parity = manifest["parity"]
     assert parity["passed"] and len(parity["shapes"]) == 3 and parity["cosine"] > 0.99999

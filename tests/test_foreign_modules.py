@@ -46,7 +46,7 @@ class BlogEMA(nn.Module):
         return (group_x * weights.sigmoid()).reshape(b, c, h, w)
 
 
-class h_sigmoid(nn.Module):  # noqa: N801 - the official CoordAtt code's names
+class h_sigmoid(nn.Module):
     def __init__(self):
         super().__init__()
         self.relu = nn.ReLU6(inplace=True)
@@ -55,7 +55,7 @@ class h_sigmoid(nn.Module):  # noqa: N801 - the official CoordAtt code's names
         return self.relu(x + 3) / 6
 
 
-class h_swish(nn.Module):  # noqa: N801
+class h_swish(nn.Module):
     def __init__(self):
         super().__init__()
         self.sigmoid = h_sigmoid()
@@ -80,7 +80,7 @@ class OfficialCoordAtt(nn.Module):
 
     def forward(self, x):
         identity = x
-        n, c, h, w = x.size()
+        _n, _c, h, w = x.size()
         x_h = self.pool_h(x)
         x_w = self.pool_w(x).permute(0, 1, 3, 2)
         y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2))))
@@ -95,7 +95,10 @@ class OfficialStyleCBAM(nn.Module):
     def __init__(self, channels, reduction=4):
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Flatten(), nn.Linear(channels, channels // reduction), nn.ReLU(), nn.Linear(channels // reduction, channels)
+            nn.Flatten(),
+            nn.Linear(channels, channels // reduction),
+            nn.ReLU(),
+            nn.Linear(channels // reduction, channels),
         )
         self.spatial = nn.Conv2d(2, 1, 7, padding=3)
 
@@ -148,7 +151,9 @@ def randomised(module: nn.Module) -> nn.Module:
 @pytest.mark.parametrize("name", sorted(FOREIGN))
 def test_foreign_module_exports_correctly(name: str, tmp_path) -> None:
     model = randomised(FOREIGN[name]())
-    res = export_onnx(model, torch.randn(1, 32, 32, 32), tmp_path / "m.onnx", dynamic_batch=True, dynamic_hw=True)
+    res = export_onnx(
+        model, torch.randn(1, 32, 32, 32), tmp_path / "m.onnx", dynamic_batch=True, dynamic_hw=True
+    )
     assert res.parity.passed and res.rewrites
     assert_ort_matches_torch(model, res.path, UNSEEN)
 
@@ -158,7 +163,9 @@ def test_naive_export_of_blog_ema_is_refused_not_written(tmp_path) -> None:
     model = randomised(BlogEMA(32))
     out = tmp_path / "naive.onnx"
     with pytest.raises(ExportError) as err:
-        export_onnx(model, torch.randn(1, 32, 32, 32), out, dynamic_batch=True, dynamic_hw=True, rewrite=False)
+        export_onnx(
+            model, torch.randn(1, 32, 32, 32), out, dynamic_batch=True, dynamic_hw=True, rewrite=False
+        )
     assert "nothing was written" in str(err.value) or "failed" in str(err.value)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []

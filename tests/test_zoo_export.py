@@ -15,10 +15,13 @@ from attn_deploy.export.zoo import export_zoo_model
 from tests.conftest import assert_ort_matches_torch
 
 # Every attention once, across both families (each export traces the whole model: ~10-30 s on 2 cores).
-CASES = [
-    ("yolov8n", a) for a in ("none", "eca", "ema", "coordatt", "cbam", "sparse")
-] + [("resnet18", a) for a in ("none", "se", "simam", "hybrid", "dynamic")]
-SIZES = {"yolov8n": (256, [(2, 3, 320, 224), (1, 3, 288, 416)]), "resnet18": (64, [(2, 3, 96, 64), (3, 3, 48, 80)])}
+CASES = [("yolov8n", a) for a in ("none", "eca", "ema", "coordatt", "cbam", "sparse")] + [
+    ("resnet18", a) for a in ("none", "se", "simam", "hybrid", "dynamic")
+]
+SIZES = {
+    "yolov8n": (256, [(2, 3, 320, 224), (1, 3, 288, 416)]),
+    "resnet18": (64, [(2, 3, 96, 64), (3, 3, 48, 80)]),
+}
 
 
 def test_cases_cover_every_attention() -> None:
@@ -43,4 +46,6 @@ def test_zoo_model_exports_dynamic_and_matches(arch: str, attention: str, tmp_pa
     assert result.parity.passed and len(result.shapes) == 3
     assert artifact.manifest["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
     assert lint_tensorrt(onnx.load(artifact.onnx_path)) == []
-    assert_ort_matches_torch(create_model(f"{arch}-{attention}"), artifact.onnx_path, unseen, make_input=images)
+    assert_ort_matches_torch(
+        create_model(f"{arch}-{attention}"), artifact.onnx_path, unseen, make_input=images
+    )

@@ -226,7 +226,11 @@ def _verify(
         if not report.passed:
             worst = report.worst()
             rewritten = sorted({s.module or "<root>" for s in sites})
-            hint = "the graph froze a size at the export shape" if reports else "an op computes something else in ONNX"
+            hint = (
+                "the graph froze a size at the export shape"
+                if reports
+                else "an op computes something else in ONNX"
+            )
             raise ExportError(
                 f"exported graph differs from PyTorch at input shape {shape}: output '{worst.name}' max abs err "
                 f"{worst.max_abs:.3g} > {worst.tolerance:.3g} (cosine {worst.cosine:.6f}); {hint}; "

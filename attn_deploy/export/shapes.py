@@ -56,7 +56,7 @@ def _stride(h: int, w: int) -> int:
 
 
 def _round_to(value: float, step: int) -> int:
-    return max(step, int(round(value / step)) * step)
+    return max(step, round(value / step) * step)
 
 
 def _alternatives(size: int, step: int, fractions: tuple[float, float]) -> list[int]:

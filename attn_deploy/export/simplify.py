@@ -22,8 +22,9 @@ def simplify_model(model: onnx.ModelProto) -> onnx.ModelProto:
         with contextlib.redirect_stdout(io.StringIO()):
             slim = onnxslim.slim(model)
     except Exception as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else ""
         raise ExportError(
-            f"onnxslim failed to simplify the graph ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            f"onnxslim failed to simplify the graph ({type(exc).__name__}: {detail}); "
             "export with simplify=False / --no-simplify"
         ) from None
     if slim is None:

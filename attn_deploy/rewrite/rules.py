@@ -78,7 +78,7 @@ def _adaptive_pool(reduce: Callable[..., torch.Tensor], op_name: str) -> Callabl
             return reduce(x, dim=axes, keepdim=True)
         if _is_symbolic(x, (-2, -1)):
             raise UnsupportedOpError(
-                f"{op_name} to output size {tuple(output_size) if isinstance(output_size, (list, tuple)) else output_size} "
+                f"{op_name} to output size {(out_h, out_w)} "
                 "depends on the input's H/W, which ONNX cannot express with dynamic H/W; "
                 "export with static H/W (drop --dynamic / dynamic_hw=False) or pool to 1 along each axis"
             )
