@@ -90,8 +90,11 @@ def _evaluate(
     return row
 
 
-def run_fp16(models: list[str], images: int) -> None:
-    """FP16 policy conversion of each model: cosine / errors vs PyTorch FP32 on ONNX Runtime CPU."""
+def run_fp16(models: list[str], images: int, merge: bool = False) -> None:
+    """FP16 policy conversion of each model: cosine / errors vs PyTorch FP32 on ONNX Runtime CPU.
+
+    ``merge`` keeps the stored rows of models not measured in this run (results of several partial runs).
+    """
     rows = []
     with tempfile.TemporaryDirectory() as tmp, Progress(console=console) as progress:
         task = progress.add_task("fp16", total=len(models))
@@ -109,7 +112,12 @@ def run_fp16(models: list[str], images: int) -> None:
             console.print(f"{name}: cosine {row['cosine']:.7f}")
             progress.advance(task)
     meta = {"images": images, "seed": EVAL_SEED, "runtime": "onnxruntime CPU", "reference": "PyTorch FP32"}
-    write_json(RESULTS / "fp16_cosine.json", {"meta": meta, "rows": rows})
+    stored = RESULTS / "fp16_cosine.json"
+    if merge and stored.is_file():
+        measured = {r["model"] for r in rows}
+        rows += [r for r in json.loads(stored.read_text())["rows"] if r["model"] not in measured]
+        rows.sort(key=lambda r: r["model"])
+    write_json(stored, {"meta": meta, "rows": rows})
     table = markdown_table(
         ["model", "size", "cosine", "max rel", "FP16 nodes", "FP32 nodes", "casts"],
         [
@@ -227,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     fp16 = sub.add_parser("fp16")
     fp16.add_argument("--models", nargs="+", default=None)
     fp16.add_argument("--images", type=int, default=2)
+    fp16.add_argument("--merge", action="store_true", help="keep stored rows of models not measured now")
     int8 = sub.add_parser("int8")
     int8.add_argument("--models", nargs="+", default=list(INT8_MODELS))
     int8.add_argument("--methods", nargs="+", default=["percentile"])
@@ -235,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     int8.add_argument("--eval-images", type=int, default=40)
     args = parser.parse_args(argv)
     if args.what == "fp16":
-        run_fp16(args.models or list_models(), args.images)
+        run_fp16(args.models or list_models(), args.images, args.merge)
     else:
         run_int8(args.models, args.methods, args.placements, args.calib_images, args.eval_images)
     console.print(json.dumps({"written": str(RESULTS)}))

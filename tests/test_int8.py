@@ -169,3 +169,24 @@ def test_calibration_from_a_directory_and_its_errors(tmp_path: Path):
     (folder / "broken.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match=r"cannot read image .*broken\.png"):
         calibration_set("images", letterboxed, num_images=10, calib_dir=folder)
+
+
+def test_histogram_calibration_falls_back_to_minmax_on_a_near_constant_tensor(tmp_path):
+    class NearUniformSoftmax(nn.Module):
+        """EMA-like: a softmax over near-equal logits gives 0.25 +- 1e-8, which a 2048-bin histogram cannot bin."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return y * torch.softmax(y.mean((2, 3), keepdim=True) * 1e-6, dim=1)
+
+    x = torch.from_numpy(SPEC(synthetic_images(1, SIZE, seed=5)))
+    path = tmp_path / "near_constant.onnx"
+    torch.onnx.export(NearUniformSoftmax().eval(), (x,), str(path), dynamo=True, input_names=["images"])
+    calib = calibration_set("images", SPEC, num_images=4, seed=0)
+    quantized, report = quantize_int8(onnx.load(str(path)), calib, Int8Config(), cache_dir=tmp_path)
+    assert report.method == "minmax (percentile cannot bin a near-constant tensor)"
+    assert report.qdq_nodes > 0 and quantized.graph.node

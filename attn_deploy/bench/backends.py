@@ -139,9 +139,15 @@ class ModelUnderTest:
 
 @dataclass
 class OnnxCache:
-    """FP32 exports (ours and naive) and their precision copies, made once per run under ``folder``."""
+    """FP32 exports (ours and naive) and their precision copies, made once per run under ``folder``.
+
+    ``dynamic``: export with dynamic batch, height and width (still timed at the sample's shape). Static
+    graphs of ours and the naive export barely differ; dynamic ones are where naive exports of EMA and
+    CoordAtt stop matching PyTorch.
+    """
 
     folder: Path
+    dynamic: bool = False
     _exports: dict[tuple[str, bool], ExportInfo | ExportError] = field(default_factory=dict)
 
     def fp32(self, mut: ModelUnderTest, rewrite: bool) -> ExportInfo:
@@ -160,6 +166,8 @@ class OnnxCache:
             "rewrite": rewrite,
             "input_names": [mut.input_name],
             "output_names": mut.output_names,
+            "dynamic_batch": self.dynamic,
+            "dynamic_hw": self.dynamic,
         }
         try:
             result = export_onnx(mut.module, mut.sample, path, **kwargs)

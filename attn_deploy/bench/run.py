@@ -74,6 +74,8 @@ class BenchRun:
     results: list[TargetResult] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     profiles: dict[str, dict[str, float]] = field(default_factory=dict)
+    dynamic: bool = False
+    """The ONNX graphs were exported with dynamic batch and H/W."""
     """Per model: ``params_m`` and ``gflops`` (FlopCounterMode, 2 FLOPs per multiply-add)."""
 
     def result(self, model: str, backend: str, precision: str = "fp32") -> TargetResult | None:
@@ -155,6 +157,7 @@ def bench_models(
     runs: int = 30,
     warmup_s: float = 2.0,
     cuda_graphs: bool = False,
+    dynamic: bool = False,
     workdir: str | Path | None = None,
     on_stage: StageCallback | None = None,
     on_call: CallCallback | None = None,
@@ -162,6 +165,7 @@ def bench_models(
 ) -> BenchRun:
     """Time every model x backend x precision in ONE interleaved run.
 
+    ``dynamic`` exports the ONNX graphs with dynamic batch and H/W (timed at the sample's shape).
     ``workdir`` keeps the exported ONNX files (default: a temporary folder removed afterwards).
     ``on_timing_start(total_calls)`` is told how many timed calls follow (progress bars).
     """
@@ -171,9 +175,9 @@ def bench_models(
         raise ConfigError(f"--warmup-s must be >= 0, got {warmup_s}")
     count = fix_threads(threads)
     with tempfile.TemporaryDirectory(prefix="attn-deploy-bench-") as tmp:
-        cache = OnnxCache(Path(workdir) if workdir else Path(tmp))
+        cache = OnnxCache(Path(workdir) if workdir else Path(tmp), dynamic)
         names = [resolve_name(n) for n in names]
-        run = BenchRun(names, batch, (0, 0), count, runs, warmup_s, {})
+        run = BenchRun(names, batch, (0, 0), count, runs, warmup_s, {}, dynamic=dynamic)
         targets: list[BenchTarget] = []
         for name in names:
             if on_stage:

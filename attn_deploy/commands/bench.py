@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-s", type=float, default=2.0, help="warm-up seconds before timing (default 2)")
     p.add_argument("--runs", type=int, default=30, help="timed runs per backend (default 30)")
     p.add_argument(
+        "--dynamic", action="store_true", help="export with dynamic batch and H/W (timed at --imgsz/--batch)"
+    )
+    p.add_argument(
         "--cuda-graphs", action="store_true", help="torch-cuda: replay the forward as a CUDA graph"
     )
     p.add_argument("--json", default=None, help="write results as JSON to this path")
@@ -143,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             runs=args.runs,
             warmup_s=args.warmup_s,
             cuda_graphs=args.cuda_graphs,
+            dynamic=args.dynamic,
             on_stage=on_stage,
             on_call=on_call,
             on_timing_start=on_timing_start,

@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,15 +96,18 @@ def quantize_int8(
     work = onnx.ModelProto()
     work.CopyFrom(model)
     ensure_node_names(work)
-    key = calibration_key(work.SerializeToString(), calib.data_hash, config)
-    cache_path = calibration_cache_path(key, cache_dir if cache_dir is not None else config.cache_dir)
-    cache_hit = cache_path.is_file()
     exclude = excluded_nodes(work, config)
-
-    def quantize(nodes_to_exclude: list[str]) -> onnx.ModelProto:
-        return _quantize_static(work, calib, config, nodes_to_exclude, quantize_bias, cache_path)
-
-    quantized = quantize(exclude)
+    method = config.calibration
+    try:
+        key, cache_hit, quantize = _quantizer(work, calib, config, quantize_bias, cache_dir)
+        quantized = quantize(exclude)
+    except _NearConstantTensor:
+        # ONNX Runtime's histogram collector cannot bin a tensor whose values are all but equal (e.g. EMA's
+        # softmax over two near-equal logits, 0.25 +- 3e-8); min/max ranges need no histogram.
+        config = replace(config, calibration="minmax")
+        method = f"minmax ({method} cannot bin a near-constant tensor)"
+        key, cache_hit, quantize = _quantizer(work, calib, config, quantize_bias, cache_dir)
+        quantized = quantize(exclude)
     fallback: list[str] = []
     if config.fallback_cosine is not None:
         quantized, fallback = leading_fallback(
@@ -112,7 +115,7 @@ def quantize_int8(
         )
     qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node)
     report = Int8Report(
-        method=config.calibration,
+        method=method,
         calibration=calib.describe(),
         cache_key=key,
         cache_hit=cache_hit,
@@ -124,6 +127,28 @@ def quantize_int8(
         seconds=round(time.perf_counter() - start, 3),
     )
     return quantized, report
+
+
+class _NearConstantTensor(Exception):
+    """ONNX Runtime's histogram calibration failed on a tensor with (almost) a single value."""
+
+
+def _quantizer(
+    model: onnx.ModelProto,
+    calib: CalibrationSet,
+    config: Int8Config,
+    quantize_bias: bool,
+    cache_dir: str | Path | None,
+) -> tuple[str, bool, Callable[[list[str]], onnx.ModelProto]]:
+    """Calibration key, whether its cache exists, and a function quantizing ``model`` with given exclusions."""
+    key = calibration_key(model.SerializeToString(), calib.data_hash, config)
+    cache_path = calibration_cache_path(key, cache_dir if cache_dir is not None else config.cache_dir)
+    hit = cache_path.is_file()
+
+    def quantize(nodes_to_exclude: list[str]) -> onnx.ModelProto:
+        return _quantize_static(model, calib, config, nodes_to_exclude, quantize_bias, cache_path)
+
+    return key, hit, quantize
 
 
 def leading_fallback(
@@ -202,15 +227,22 @@ def _quantize_static(
                 calibration_cache_path=cache_path,
             )
         except (ValueError, RuntimeError) as exc:
+            if "finite-sized bins" in str(exc):
+                raise _NearConstantTensor(str(exc)) from None
             raise ExportError(f"INT8 quantization failed: {str(exc).splitlines()[0]}") from None
         return onnx.load(str(out))
 
 
 class _DropPreprocessHint(logging.Filter):
-    """ONNX Runtime logs "consider pre-processing" on every call; our graphs are already simplified."""
+    """Drop ONNX Runtime's "consider pre-processing" hint (our graphs are simplified) and per-channel notes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing before quantization" not in record.getMessage()
+        message = record.getMessage()
+        # Also dropped: per-channel on a 1-D norm scale falls back to per-tensor, which is what we want.
+        return (
+            "pre-processing before quantization" not in message
+            and "is out-of-range for weight" not in message
+        )
 
 
 @contextmanager
