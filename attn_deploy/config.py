@@ -125,7 +125,7 @@ class Tolerances:
     max_abs: float | None = None
     max_rel: float | None = None  # max abs error / max |reference|, per output
     cosine: float = 0.9999
-    top1: float = 0.99  # fraction of images whose top-1 class equals PyTorch's (classifiers)
+    top1: float | None = 0.99  # fraction of images whose top-1 class equals PyTorch's (classifiers)
     box_agreement: float | None = 0.95  # matched decoded boxes (IoU >= box_iou, same class) (detectors)
     box_iou: float = 0.9
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,14 @@ from attn_deploy.cli import main
 from attn_deploy.errors import ConfigError
 
 SEED_SOURCE = "seed article (as quoted in the issue tracker; original not retrievable offline)"
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    """Benchmarks fix torch's thread count process-wide; give other tests back what they had."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -183,7 +192,7 @@ def test_cli_json_schema_and_report_on_a_tiny_run(tmp_path: Path) -> None:
 
 def test_attention_table_lists_every_attention_with_overhead_vs_none() -> None:
     names = [f"resnet18-{a}" for a in resolve_attentions("all")]
-    run = bench_models(names, backends=["torch"], imgsz=64, runs=1, warmup_s=0)
+    run = bench_models(names, backends=["torch"], imgsz=64, runs=1, warmup_s=0, threads=1)
     rows = attention_table(run, "resnet18")
     assert [r.attention for r in rows] == resolve_attentions("all")
     assert {r.attention for r in rows} == set(list_attention())

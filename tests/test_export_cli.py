@@ -47,6 +47,7 @@ def test_export_writes_a_verified_artifact(tmp_path, capsys) -> None:
     assert {"max_abs", "max_rel", "cosine", "passed", "shapes"} <= set(parity)
     assert {"torch", "onnx", "onnxruntime", "onnxslim"} <= set(manifest["versions"])
     assert manifest["rewrites"] == ["adaptive_avg_pool->reduce_mean"]
+    assert manifest["weights"] is None  # built-in weights
     onnx.checker.check_model(str(art / "model.onnx"))
     assert not [p for p in tmp_path.rglob(".*")], "no temporary files are left behind"
 
@@ -77,3 +78,17 @@ def test_user_error_has_no_traceback_in_a_real_process(tmp_path) -> None:
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "resnet50-se" in proc.stderr
+
+
+def test_export_with_user_weights_records_them(tmp_path, capsys) -> None:
+    """A plain (attention-free) checkpoint loads into an attention model; the manifest names the file."""
+    import torch
+
+    from attn_deploy.models import create_model
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(create_model("resnet18-none", calibrate=False).state_dict(), weights)
+    out = tmp_path / "engines"
+    assert main(["export", "--model", "resnet18-se", "--imgsz", "64", "--weights", str(weights), "--out", str(out)]) == 0
+    manifest = json.loads((out / "resnet18-se" / "ort-fp32" / "manifest.json").read_text())
+    assert manifest["weights"] == str(weights.resolve()) and manifest["parity"]["passed"]

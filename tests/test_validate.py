@@ -16,7 +16,7 @@ from attn_deploy.config import load_config, replace_config
 from attn_deploy.errors import ExportError
 from attn_deploy.export.zoo import export_zoo_model
 from attn_deploy.validate.classification import top1_agreement
-from attn_deploy.validate.detection import box_agreement, box_iou, decode, nms
+from attn_deploy.validate.detection import anchor_box_agreement, box_agreement, box_iou, decode, nms
 from attn_deploy.validate.polygraphy_io import INPUTS_NAME, OUTPUTS_NAME
 from attn_deploy.validate.validation import REPORT_MARKER, validate_artifact
 
@@ -56,9 +56,9 @@ def test_box_decoding_nms_and_agreement():
     assert box_agreement(ref[None], relabeled[None], conf=0.25).matched == 1
     extra = _yolo_output([(10, 10, 8, 8), (40, 40, 10, 10), (70, 70, 5, 5)], [0, 2, 1], [0.9, 0.6, 0.5])
     assert box_agreement(ref[None], extra[None], conf=0.25).agreement == pytest.approx(2 / 3)
-    assert box_agreement(ref[None], ref[None]).conf == pytest.approx(
-        0.0
-    )  # auto threshold: top-100 of 4 anchors
+    assert box_agreement(ref[None], ref[None]).conf == pytest.approx(0.0)  # auto: top-100 of 4 anchors
+    assert anchor_box_agreement(ref[None], ref[None], top_k=3) == 1.0  # boxes only, at PyTorch's best anchors
+    assert anchor_box_agreement(ref[None], moved[None], top_k=3) == pytest.approx(2 / 3)
 
 
 def test_top1_agreement():
@@ -114,7 +114,8 @@ def test_validate_detector_reports_box_agreement(tmp_path: Path):
     assert report.checks[-1].metric == "box agreement" and report.details["boxes"]["reference_boxes"] > 0
 
 
-def test_int8_export_and_a_tolerance_miss(tmp_path: Path):
+def test_int8_export_and_a_tolerance_miss(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the calibration cache goes there
     config = replace_config(
         load_config("ort-int8"), {"int8.num_images": 4, "validation.num_images": 4, "tolerances.top1": 0.5}
     )
@@ -122,6 +123,7 @@ def test_int8_export_and_a_tolerance_miss(tmp_path: Path):
     manifest = artifact.manifest
     assert manifest["precision"] == "int8" and manifest["precision_info"]["int8"]["qdq_nodes"] > 0
     assert manifest["precision_info"]["int8"]["calibration"]["source"] == "synthetic(seed=0)"
+    assert len(list((tmp_path / "cache" / "attn-deploy" / "calibration").glob("*.json"))) == 1
 
     strict = replace_config(config, {"name": "ort-int8-strict", "tolerances.cosine": 0.9999999})
     with pytest.raises(

@@ -246,12 +246,12 @@ def _build(
     info = cache.fp32(mut, rewrite=backend != "ort-naive")
     if backend == "trt":
         return _tensorrt_target(mut, info, precision, cache)
-    providers = ("CPUExecutionProvider",)
-    if backend == "ort-cuda":
-        providers = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    providers = ["CUDAExecutionProvider"] if backend == "ort-cuda" else []
     path = cache.with_precision(mut, info, precision, "ort")
-    runner = OrtRunner(path, providers=providers, threads=threads, config=ORT_BENCH_CONFIG)
-    return BenchTarget(mut.name, backend, precision, _runner_call(runner, mut.feed), export=info)
+    ort_runner = OrtRunner(
+        path, providers=[*providers, "CPUExecutionProvider"], threads=threads, config=ORT_BENCH_CONFIG
+    )
+    return BenchTarget(mut.name, backend, precision, _runner_call(ort_runner, mut.feed), export=info)
 
 
 def _tensorrt_target(mut: ModelUnderTest, info: ExportInfo, precision: str, cache: OnnxCache) -> BenchTarget:

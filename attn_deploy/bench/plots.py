@@ -15,6 +15,8 @@ from matplotlib.figure import Figure
 
 from attn_deploy.fsutil import write_with
 
+MAX_WIDTH = 12.0
+"""Figure width cap in inches."""
 Bars = Mapping[str, Mapping[str, tuple[float, float] | None]]
 """category -> series -> (value, upper whisker) or None where not measured."""
 
@@ -27,8 +29,8 @@ def _grouped_bars(ax: Axes, bars: Bars, series: Sequence[str]) -> None:
         cells = [bars[c].get(name) for c in categories]
         values = [cell[0] if cell else np.nan for cell in cells]
         upper = [max(cell[1] - cell[0], 0.0) if cell else 0.0 for cell in cells]
-        whiskers = {"yerr": [[0.0] * len(upper), upper], "capsize": 2} if any(upper) else {}
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name, **whiskers)
+        yerr = [[0.0] * len(upper), upper] if any(upper) else None
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name, yerr=yerr, capsize=2)
     ax.set_xticks(
         x,
         categories,
@@ -52,7 +54,7 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> None:
 
 def latency_bars(bars: Bars, series: Sequence[str], path: str | os.PathLike[str], title: str) -> None:
     """Grouped bars of p50 latency (ms) per category and backend, whiskers up to p90."""
-    fig, ax = _figure(max(6.0, 0.55 * len(bars) * max(len(series), 1) + 3))
+    fig, ax = _figure(min(MAX_WIDTH, max(6.0, 0.35 * len(bars) * max(len(series), 1) + 3)))
     _grouped_bars(ax, bars, series)
     ax.set_ylabel("latency p50 (ms), whisker p90")
     ax.set_title(title, fontsize=10)
@@ -67,7 +69,7 @@ def overhead_chart(
     claimed: Mapping[str, float] | None = None,
 ) -> None:
     """Grouped bars of latency overhead (%) vs ``none`` per attention and backend; claims as black marks."""
-    fig, ax = _figure(max(6.0, 0.9 * len(overheads) + 3))
+    fig, ax = _figure(min(MAX_WIDTH, max(6.0, 0.9 * len(overheads) + 3)))
     _grouped_bars(ax, overheads, series)
     if claimed:
         categories = list(overheads)

@@ -37,7 +37,7 @@ TimedCall = Callable[[], "float | None"]
 """One inference; returns the GPU compute time in ms when it measures one, else ``None``."""
 
 
-def percentile(samples: Sequence[float], q: float) -> float:
+def percentile(samples: Sequence[float] | np.ndarray, q: float) -> float:
     """The ``q``-th percentile (0..100) with linear interpolation between closest ranks (numpy's default)."""
     if len(samples) == 0:
         raise ValueError("percentile of no samples")

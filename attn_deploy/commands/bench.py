@@ -169,16 +169,16 @@ def run(args: argparse.Namespace) -> int:
     for warning in result.warnings():
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if args.json:
-        document = (
-            render.attention_json(result, arch, rows, seed) if args.arch else render.results_json(result)
-        )
+        document = render.attention_json(result, arch, rows, seed) if arch else render.results_json(result)
         console.print(f"wrote {write_json(args.json, document)}")
     out = args.out or (render.results_folder(result) if arch else None)
     if out:
         paths = (
             render.write_attention_report(result, arch, rows, seed, out)
             if arch
-            else render.write_model_report(result, out, f"bench-{names[0]}")
+            else render.write_model_report(
+                result, out, f"bench-{names[0]}{'-dynamic' if args.dynamic else ''}"
+            )
         )
         console.print(f"report: {', '.join(str(p) for p in paths)}", highlight=False)
     return 0

@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     caption = f"{report.num_images} images, input {report.input_shape}, {report.seconds} s"
     checks = checks_table(title, report.checks, caption)
     console.print(checks)
+    if "top1_agreement" in report.details:
+        console.print(f"top-1 agreement {report.details['top1_agreement']:.1%}")
     if "boxes" in report.details:
         b = report.details["boxes"]
         console.print(

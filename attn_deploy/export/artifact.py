@@ -97,11 +97,13 @@ def export_artifact(
     output_names: Sequence[str] | None = None,
     on_stage: StageCallback | None = None,
     precision_stage: Callable[[Path], dict[str, Any]] | None = None,
+    weights: str | os.PathLike[str] | None = None,
 ) -> tuple[Artifact, ExportResult]:
     """Export ``model`` (verified, see :func:`export_onnx`) into the artifact directory ``out_dir``.
 
     ``precision_stage`` (:func:`attn_deploy.precision.stage.precision_stage`) rewrites the staged FP32 ONNX
     in place and returns manifest entries; the FP32 export's parity is then kept as ``fp32_parity``.
+    ``weights`` (the state_dict the model was loaded from) is recorded so ``validate`` rebuilds the same model.
     """
     samples = (sample,) if isinstance(sample, torch.Tensor) else tuple(sample)
     with staged_directory(out_dir) as staging:
@@ -117,7 +119,8 @@ def export_artifact(
             output_names=output_names,
             on_stage=on_stage,
         )
-        extra = precision_stage(result.path) if precision_stage else {}
+        extra = {"weights": str(Path(weights).resolve()) if weights else None}
+        extra.update(precision_stage(result.path) if precision_stage else {})
         if "parity" in extra:  # the precision graph's own check replaces the FP32 export's
             extra["fp32_parity"] = parity_dict(result)
         manifest = build_manifest(

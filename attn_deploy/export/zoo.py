@@ -99,4 +99,5 @@ def export_zoo_model(
         output_names=list(spec.output_names),
         on_stage=on_stage,
         precision_stage=stage,
+        weights=weights,
     )

@@ -81,18 +81,24 @@ class ArrayDataReader(CalibrationDataReader):
     def __init__(self, input_name: str, images: np.ndarray) -> None:
         self.input_name = input_name
         self.images = images
+        self._range = (0, len(images))
         self._iter: Iterator[dict[str, np.ndarray]] = self._batches()
 
     def _batches(self) -> Iterator[dict[str, np.ndarray]]:
-        for i in range(len(self.images)):
+        for i in range(*self._range):
             yield {self.input_name: self.images[i : i + 1]}
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Restrict the reader to images ``[start_index, end_index)`` (ONNX Runtime's strided calibration)."""
+        self._range = (start_index, min(end_index, len(self.images)))
+        self._iter = self._batches()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         """The next batch, or ``None`` when the set is exhausted (ONNX Runtime's protocol)."""
         return next(self._iter, None)
 
     def rewind(self) -> None:
-        """Start over from the first image."""
+        """Start over from the first image of the range."""
         self._iter = self._batches()
 
     def __len__(self) -> int:

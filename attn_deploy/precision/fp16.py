@@ -8,7 +8,9 @@ topological order (TensorRT's ONNX parser needs it), initializers are converted 
 when FP32 nodes share them), and the result is checked with ONNX's strict type inference.
 
 Pass a config with an empty policy to get a plain conversion (every float node in FP16), e.g. to show what
-the policy prevents: :func:`plain_fp16_config`.
+the policy prevents: :func:`plain_fp16_config`. Beware when checking FP16 graphs on ONNX Runtime's CPU
+provider: ops without CPU FP16 kernels run in FP32 behind inserted casts (InsertCastTransformer), which hides
+overflow; tests/test_fp16.py checks with ``onnx.reference``, which keeps every FP16 tensor in FP16.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.errors import ConfigError, InputError
 from attn_deploy.report import fmt, markdown_table
 from attn_deploy.validate.classification import top1_agreement
-from attn_deploy.validate.detection import box_agreement
+from attn_deploy.validate.detection import anchor_box_agreement, box_agreement
 from attn_deploy.validate.parity import ParityReport, compare_outputs
 from attn_deploy.validate.polygraphy_io import polygraphy_command, save_polygraphy_data
 
@@ -158,12 +158,15 @@ def score(
     details: dict[str, Any] = {}
     first = names[0]
     if task == "classify":
-        checks.append(
-            Check("top-1 agreement", top1_agreement(reference[first], candidate[first]), tol.top1, ">=")
-        )
+        details["top1_agreement"] = top1_agreement(reference[first], candidate[first])
+        if tol.top1 is not None:
+            checks.append(Check("top-1 agreement", details["top1_agreement"], tol.top1, ">="))
     elif task == "detect":
         boxes = box_agreement(reference[first], candidate[first], iou=tol.box_iou)
         details["boxes"] = boxes.to_dict()
+        details["anchor_box_agreement"] = anchor_box_agreement(
+            reference[first], candidate[first], iou=tol.box_iou
+        )
         if tol.box_agreement is not None:
             checks.append(Check("box agreement", boxes.agreement, tol.box_agreement, ">="))
     return parity, checks, details
@@ -278,12 +281,15 @@ def render_validation(report: ValidationReport, command: str) -> str:
             ],
         ),
     ]
+    if "top1_agreement" in report.details:
+        lines.append(f"Top-1 agreement: {report.details['top1_agreement']:.1%}.\n")
     if "boxes" in report.details:
         b = report.details["boxes"]
         lines.append(
             f"Box agreement {b['agreement']:.1%}: {b['matched']} of {b['reference_boxes']} PyTorch boxes "
             f"matched by {b['candidate_boxes']} candidate boxes (IoU >= {b['iou']:g}, same class, "
-            f"score >= {b['conf']:.3g}).\n"
+            f"score >= {b['conf']:.3g}). Boxes of PyTorch's 100 best anchors per image kept by the candidate "
+            f"(IoU >= {b['iou']:g}, scores aside): {report.details['anchor_box_agreement']:.1%}.\n"
         )
     lines.append(f"Reproduce with NVIDIA Polygraphy (first batch):\n\n```\n{command}\n```\n")
     return "\n".join(lines)
