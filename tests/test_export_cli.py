@@ -89,6 +89,21 @@ def test_export_with_user_weights_records_them(tmp_path, capsys) -> None:
     weights = tmp_path / "resnet18.pth"
     torch.save(create_model("resnet18-none", calibrate=False).state_dict(), weights)
     out = tmp_path / "engines"
-    assert main(["export", "--model", "resnet18-se", "--imgsz", "64", "--weights", str(weights), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                "resnet18-se",
+                "--imgsz",
+                "64",
+                "--weights",
+                str(weights),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "resnet18-se" / "ort-fp32" / "manifest.json").read_text())
     assert manifest["weights"] == str(weights.resolve()) and manifest["parity"]["passed"]
