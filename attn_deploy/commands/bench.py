@@ -11,17 +11,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
-from attn_deploy.commands.progress import console
+from attn_deploy.commands.progress import console, progress_display
 from attn_deploy.report import fmt
 
 DEFAULT_BACKENDS = "torch,ort,ort-naive"
@@ -75,19 +67,7 @@ def bench_progress(
 
     Yields ``(on_stage, on_timing_start, on_call)`` for :func:`attn_deploy.bench.run.bench_models`.
     """
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task(title, total=None)
-
-        def on_stage(name: str) -> None:
-            progress.update(task, description=f"{title}: {name}")
+    with progress_display(title, bar=True) as (progress, task, on_stage):
 
         def on_timing_start(total: int) -> None:
             progress.update(task, description=f"{title}: warm-up", total=total, completed=0)
