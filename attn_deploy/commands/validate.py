@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from attn_deploy.export.artifact_io import load_artifact
     from attn_deploy.validate.validation import (
         VALIDATION_JSON,
+        agreement_lines,
         artifact_config,
         checks_table,
         validate_artifact,
@@ -70,15 +71,8 @@ def run(args: argparse.Namespace) -> int:
     caption = f"{report.num_images} images, input {report.input_shape}, {report.seconds} s"
     checks = checks_table(title, report.checks, caption)
     console.print(checks)
-    if "top1_agreement" in report.details:
-        console.print(f"top-1 agreement {report.details['top1_agreement']:.1%}")
-    if "boxes" in report.details:
-        b = report.details["boxes"]
-        console.print(
-            f"box agreement {b['agreement']:.1%}: {b['matched']}/{b['reference_boxes']} PyTorch boxes "
-            f"matched (IoU >= {b['iou']:g}, same class; {b['candidate_boxes']} candidate boxes, "
-            f"score >= {b['conf']:.3g})"
-        )
+    for line in agreement_lines(report.details):
+        console.print(line)
     outputs = Table(title="Per output")
     for col in ("output", "max abs", "max rel", "cosine", "non-finite"):
         outputs.add_column(col, justify="right")

@@ -281,18 +281,25 @@ def render_validation(report: ValidationReport, command: str) -> str:
             ],
         ),
     ]
-    if "top1_agreement" in report.details:
-        lines.append(f"Top-1 agreement: {report.details['top1_agreement']:.1%}.\n")
-    if "boxes" in report.details:
-        b = report.details["boxes"]
+    lines += [line + "\n" for line in agreement_lines(report.details)]
+    lines.append(f"Reproduce with NVIDIA Polygraphy (first batch):\n\n```\n{command}\n```\n")
+    return "\n".join(lines)
+
+
+def agreement_lines(details: dict) -> list[str]:
+    """Sentences on top-1 agreement (classifiers) and box agreement (detectors), for the console and report."""
+    lines = []
+    if "top1_agreement" in details:
+        lines.append(f"Top-1 agreement: {details['top1_agreement']:.1%}.")
+    if "boxes" in details:
+        b = details["boxes"]
         lines.append(
             f"Box agreement {b['agreement']:.1%}: {b['matched']} of {b['reference_boxes']} PyTorch boxes "
             f"matched by {b['candidate_boxes']} candidate boxes (IoU >= {b['iou']:g}, same class, "
             f"score >= {b['conf']:.3g}). Boxes of PyTorch's 100 best anchors per image kept by the candidate "
-            f"(IoU >= {b['iou']:g}, scores aside): {report.details['anchor_box_agreement']:.1%}.\n"
+            f"(IoU >= {b['iou']:g}, scores aside): {details['anchor_box_agreement']:.1%}."
         )
-    lines.append(f"Reproduce with NVIDIA Polygraphy (first batch):\n\n```\n{command}\n```\n")
-    return "\n".join(lines)
+    return lines
 
 
 def checks_table(title: str, checks: list[Check], caption: str | None = None) -> Table:
