@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from attn_deploy.errors import AttnDeployError, InputError
-from attn_deploy.export.artifact import load_artifact
+from attn_deploy.export.artifact_io import load_artifact
 from attn_deploy.fsutil import write_json
 from attn_deploy.serve.dtypes import numpy_dtype
 from attn_deploy.serve.loadgen import run_load
