@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class AttnDeployError(Exception):
     """Base class: a problem the user can fix. The message says what went wrong and what to do."""
@@ -29,3 +31,13 @@ class UnsupportedOpError(ExportError):
 
 class InputError(AttnDeployError):
     """Bad input data: wrong tensor shape or dtype, unreadable image, empty directory, corrupt ONNX."""
+
+
+def exception_summary(exc: BaseException, *, fold: bool = False, limit: int = 400) -> str:
+    """A library exception's message for a one-line error: its first line (or, with ``fold``, every line
+    joined), ANSI colours removed, truncated to ``limit``; the exception's type name when it has no message."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    summary = " ".join(" ".join(lines).split()) if fold else (lines[0] if lines else "")
+    summary = summary or type(exc).__name__
+    return summary if len(summary) <= limit else summary[: limit - 3] + "..."

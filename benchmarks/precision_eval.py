@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 import onnx
-from rich.console import Console
 from rich.progress import Progress
 
 from attn_deploy import create_model, export_onnx, list_models
 from attn_deploy.backends.ort import OrtRunner
 from attn_deploy.backends.torch_runner import TorchRunner
+from attn_deploy.commands.progress import console
 from attn_deploy.config import Fp16Config, Int8Config
 from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.data.synthetic import synthetic_images
@@ -45,7 +45,6 @@ from attn_deploy.validate.validation import evaluation_images
 RESULTS = Path(__file__).resolve().parent / "results"
 INT8_MODELS = ("resnet50-se", "resnet50-cbam", "resnet50-eca", "resnet50-ema", "yolov8s-eca")
 EVAL_SEED = 1000
-console = Console()
 
 
 def _export(name: str, folder: Path) -> tuple[Any, PreprocessSpec, onnx.ModelProto]:

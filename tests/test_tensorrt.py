@@ -11,10 +11,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from attn_deploy.backends.engine_cache import EngineCache, engine_cache_key, file_sha256
+from attn_deploy.backends.engine_cache import EngineCache, engine_cache_key
 from attn_deploy.backends.tensorrt import NOT_INSTALLED, build_settings, require_tensorrt, resolve_profiles
 from attn_deploy.config import ShapeProfile, load_config, replace_config
 from attn_deploy.errors import ConfigError, InputError
+from attn_deploy.fsutil import sha256_file
 
 
 def _tensorrt_usable() -> bool:
@@ -90,7 +91,7 @@ def test_engine_cache_key_changes_with_every_input(tmp_path):
     assert cache.load(variants[0]) is None
     onnx_file = tmp_path / "m.onnx"
     onnx_file.write_bytes(b"abc")
-    assert file_sha256(onnx_file) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert sha256_file(onnx_file) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
 def _tiny_onnx(path) -> None:

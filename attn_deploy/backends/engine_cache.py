@@ -19,15 +19,6 @@ from attn_deploy.config import default_cache_dir
 from attn_deploy.fsutil import write_bytes, write_json
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def engine_cache_key(onnx_sha256: str, tensorrt_version: str, gpu: str, settings: dict[str, Any]) -> str:
     """sha256 over (ONNX sha256, TensorRT version, GPU name + compute capability, build settings)."""
     payload = {"onnx": onnx_sha256, "tensorrt": tensorrt_version, "gpu": gpu, "settings": settings}

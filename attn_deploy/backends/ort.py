@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from attn_deploy.backends.base import RunnerBase
-from attn_deploy.errors import InputError
+from attn_deploy.errors import InputError, exception_summary
 
 
 def make_session(
@@ -44,8 +44,7 @@ def make_session(
     try:
         return ort.InferenceSession(source, sess_options=options, providers=list(providers))
     except Exception as exc:  # ORT raises its own exception types for corrupt/unsupported graphs
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"ONNX Runtime cannot load the model: {first_line}") from None
+        raise InputError(f"ONNX Runtime cannot load the model: {exception_summary(exc)}") from None
 
 
 class OrtRunner(RunnerBase):

@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 
 from attn_deploy.backends.base import RunnerBase
-from attn_deploy.backends.engine_cache import EngineCache, engine_cache_key, file_sha256
+from attn_deploy.backends.engine_cache import EngineCache, engine_cache_key
 from attn_deploy.config import ExportConfig, ShapeProfile
 from attn_deploy.errors import ConfigError, ExportError, InputError, UnsupportedOpError
-from attn_deploy.fsutil import write_bytes
+from attn_deploy.fsutil import sha256_file, write_bytes
 
 NOT_INSTALLED = "TensorRT is not installed: pip install attn-deploy[trt] on a machine with an NVIDIA GPU"
 
@@ -164,7 +164,7 @@ def build_engine(
     start = time.perf_counter()
     gpu = gpu_identity()
     settings = build_settings(config, profiles)
-    key = engine_cache_key(file_sha256(onnx_path), version, gpu, settings)
+    key = engine_cache_key(sha256_file(onnx_path), version, gpu, settings)
     cache = cache or EngineCache.at(config.tensorrt.engine_cache_dir)
     cached = cache.load(key)
     if cached is not None:

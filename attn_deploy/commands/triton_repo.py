@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from attn_deploy.commands.progress import console
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,16 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from attn_deploy.backends.base import Runner
+from attn_deploy.commands.progress import console
 from attn_deploy.config import ExportConfig
 from attn_deploy.errors import InputError
 
 BACKENDS = ("ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt")
-console = Console()
 
 
 def register(sub: argparse._SubParsersAction) -> None:

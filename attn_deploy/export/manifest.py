@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import platform
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from attn_deploy.export.pipeline import ExportResult
+from attn_deploy.fsutil import sha256_file
 
 SCHEMA_VERSION = 1
 _VERSIONED = ("torch", "onnx", "onnxruntime", "onnxslim", "onnxscript")
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

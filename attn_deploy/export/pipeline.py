@@ -13,7 +13,6 @@ import dataclasses
 import io
 import logging
 import os
-import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ from torch import nn
 from attn_deploy import fsutil
 from attn_deploy.backends.ort import make_session
 from attn_deploy.backends.torch_runner import flatten_outputs
-from attn_deploy.errors import AttnDeployError, ExportError
+from attn_deploy.errors import AttnDeployError, ExportError, exception_summary
 from attn_deploy.export.lint import LintIssue, lint_tensorrt
 from attn_deploy.export.shapes import dynamic_axes_for, rename_dims, torch_dynamic_shapes, verification_shapes
 from attn_deploy.export.simplify import simplify_model
@@ -95,13 +94,6 @@ def _root_cause(exc: BaseException) -> BaseException:
     return last
 
 
-def _one_line(exc: BaseException, limit: int = 400) -> str:
-    """An exception's message folded onto one line (ANSI colours and surplus whitespace removed), truncated."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    text = " ".join(text.split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _trace_to_onnx(
     model: nn.Module,
     sample: tuple[torch.Tensor, ...],
@@ -132,7 +124,7 @@ def _trace_to_onnx(
         cause = _root_cause(exc)
         if isinstance(cause, AttnDeployError):
             raise cause from None
-        raise ExportError(f"torch.onnx.export failed: {_one_line(cause)}") from None
+        raise ExportError(f"torch.onnx.export failed: {exception_summary(cause, fold=True)}") from None
     proto = program.model_proto
     rename_dims(proto, axes)
     return proto, (list(mode.sites) if isinstance(mode, DeployRewriteMode) else [])
@@ -213,7 +205,8 @@ def _verify(
             got = session.run(None, {n: t.numpy() for n, t in zip(input_names, inputs, strict=True)})
         except Exception as exc:
             raise ExportError(
-                f"exported graph fails in ONNX Runtime at input shape {shape}: {_one_line(exc)}; nothing was written"
+                f"exported graph fails in ONNX Runtime at input shape {shape}: "
+                f"{exception_summary(exc, fold=True)}; nothing was written"
             ) from None
         try:
             report = compare_outputs(reference, got, output_names, **tolerances)

@@ -13,7 +13,7 @@ import io
 import onnx
 import onnxslim
 
-from attn_deploy.errors import ExportError
+from attn_deploy.errors import ExportError, exception_summary
 
 
 def simplify_model(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -22,9 +22,8 @@ def simplify_model(model: onnx.ModelProto) -> onnx.ModelProto:
         with contextlib.redirect_stdout(io.StringIO()):
             slim = onnxslim.slim(model)
     except Exception as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else ""
         raise ExportError(
-            f"onnxslim failed to simplify the graph ({type(exc).__name__}: {detail}); "
+            f"onnxslim failed to simplify the graph ({type(exc).__name__}: {exception_summary(exc)}); "
             "export with simplify=False / --no-simplify"
         ) from None
     if slim is None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from attn_deploy.errors import WeightsError
+from attn_deploy.errors import WeightsError, exception_summary
 from attn_deploy.models.registry import is_attention_key
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,8 @@ def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(
-            f"cannot read weights '{path}' as a plain state_dict ({first_line}); "
+            f"cannot read weights '{path}' as a plain state_dict ({exception_summary(exc)}); "
             "save one with torch.save(model.state_dict(), PATH)"
         ) from exc
     for key in _CONTAINER_KEYS:

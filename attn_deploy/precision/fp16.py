@@ -25,7 +25,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from attn_deploy.config import Fp16Config
-from attn_deploy.errors import ExportError, UnsupportedOpError
+from attn_deploy.errors import ExportError, UnsupportedOpError, exception_summary
 from attn_deploy.precision.graph import GraphView, ensure_node_names
 from attn_deploy.precision.policy import fp32_nodes
 
@@ -207,4 +207,4 @@ def _check(model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportError(f"FP16 conversion produced an invalid graph: {str(exc).splitlines()[0]}") from None
+        raise ExportError(f"FP16 conversion produced an invalid graph: {exception_summary(exc)}") from None

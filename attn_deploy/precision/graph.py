@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from attn_deploy.errors import ExportError, InputError
+from attn_deploy.errors import ExportError, InputError, exception_summary
 
 Dim = int | str | None
 
@@ -30,7 +30,7 @@ class GraphView:
         try:
             self.model = onnx.shape_inference.infer_shapes(model, data_prop=True)
         except onnx.shape_inference.InferenceError as exc:
-            raise ExportError(f"ONNX shape inference failed: {str(exc).splitlines()[0]}") from None
+            raise ExportError(f"ONNX shape inference failed: {exception_summary(exc)}") from None
         graph = self.model.graph
         self.graph = graph
         self.producer: dict[str, onnx.NodeProto] = {o: n for n in graph.node for o in n.output if o}
@@ -106,6 +106,7 @@ def load_onnx(path: str) -> onnx.ModelProto:
     except FileNotFoundError:
         raise InputError(f"ONNX file {path} does not exist; export the model first") from None
     except Exception as exc:  # protobuf DecodeError, ValidationError, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path} is not a valid ONNX model ({reason}); re-export it") from None
+        raise InputError(
+            f"{path} is not a valid ONNX model ({exception_summary(exc)}); re-export it"
+        ) from None
     return model

@@ -35,7 +35,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 
 from attn_deploy.backends.base import Runner
 from attn_deploy.config import Int8Config
-from attn_deploy.errors import ExportError
+from attn_deploy.errors import ExportError, exception_summary
 from attn_deploy.precision.calibration import CalibrationSet, calibration_cache_path, calibration_key
 from attn_deploy.precision.graph import GraphView, ensure_node_names
 from attn_deploy.precision.policy import attention_gate_nodes
@@ -238,7 +238,7 @@ def _quantize_static(
         except (ValueError, RuntimeError) as exc:
             if "finite-sized bins" in str(exc):
                 raise _NearConstantTensor(str(exc)) from None
-            raise ExportError(f"INT8 quantization failed: {str(exc).splitlines()[0]}") from None
+            raise ExportError(f"INT8 quantization failed: {exception_summary(exc)}") from None
         return onnx.load(str(out))
 
 

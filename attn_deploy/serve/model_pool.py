@@ -13,7 +13,7 @@ import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from attn_deploy.backends.ort import OrtRunner
-from attn_deploy.errors import ConfigError, ModelNotFoundError
+from attn_deploy.errors import ConfigError, ModelNotFoundError, exception_summary
 from attn_deploy.export.artifact_io import Artifact, load_artifact
 from attn_deploy.serve.batcher import BatchResult, MicroBatcher
 from attn_deploy.serve.metrics import ModelMetrics
@@ -87,8 +87,7 @@ class ServedModel:
         try:
             return self.runner.infer(feed)
         except InvalidArgument as exc:
-            first_line = str(exc).strip().splitlines()[0]
-            raise ProtocolError(f"model '{self.name}' rejected the input: {first_line}") from None
+            raise ProtocolError(f"model '{self.name}' rejected the input: {exception_summary(exc)}") from None
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> BatchResult:
         """Run one validated request (batched with concurrent ones when batching is on)."""
