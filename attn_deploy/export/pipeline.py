@@ -181,8 +181,10 @@ def _verify(
     shapes: list[tuple[int, ...]],
     tolerances: dict[str, float],
     sites: list[RewriteSite],
+    export_reference: list[np.ndarray],
 ) -> tuple[ParityReport, list[tuple[int, ...]]]:
-    """Compare ORT with PyTorch at the export shape and the first two candidate shapes PyTorch accepts."""
+    """Compare ORT with PyTorch at the export shape (whose PyTorch outputs are ``export_reference``) and the
+    first two candidate shapes PyTorch accepts."""
     session = make_session(proto_bytes)
     reports: list[ParityReport] = []
     verified: list[tuple[int, ...]] = []
@@ -196,7 +198,9 @@ def _verify(
         )
         try:
             with torch.inference_mode():
-                reference = [t.numpy() for t in flatten_outputs(model(*inputs))]
+                reference = (
+                    export_reference if index == 0 else [t.numpy() for t in flatten_outputs(model(*inputs))]
+                )
         except Exception:
             if index == 0:
                 raise
@@ -285,8 +289,9 @@ def export_onnx(
         if input_names
         else (["images"] if len(samples) == 1 else [f"input{i}" for i in range(len(samples))])
     )
-    with torch.inference_mode():
-        n_out = len(flatten_outputs(model(*samples)))
+    with torch.inference_mode():  # the reference at the export shape, reused by the verification
+        reference = [t.numpy() for t in flatten_outputs(model(*samples))]
+    n_out = len(reference)
     out_names = list(output_names) if output_names else [f"output{i}" for i in range(n_out)]
     if len(in_names) != len(samples) or len(out_names) != n_out:
         raise ExportError(
@@ -317,7 +322,9 @@ def export_onnx(
             "min_cosine": min_cosine,
             "max_outlier_frac": TOPK_OUTLIER_FRAC if "TopK" in ops_after else 0.0,
         }
-        parity, shapes = _verify(model, proto_bytes, samples, in_names, out_names, shapes, tolerances, sites)
+        parity, shapes = _verify(
+            model, proto_bytes, samples, in_names, out_names, shapes, tolerances, sites, reference
+        )
     else:
         parity = ParityReport(float("nan"), float("nan"), float("nan"), False, atol, min_cosine, rtol)
         shapes = []
