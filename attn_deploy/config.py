@@ -28,6 +28,7 @@ from attn_deploy.errors import ConfigError
 Precision = Literal["fp32", "fp16", "int8"]
 Runtime = Literal["onnxruntime", "tensorrt"]
 CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
+ActivationType = Literal["int8", "uint8"]
 
 PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "export_configs"
 
@@ -103,7 +104,8 @@ class Int8Config:
     percentile: float = 99.999
     seed: int = 0  # seed of the built-in synthetic calibration set
     per_channel: bool = True  # per-output-channel weight scales (TensorRT explicit quantization)
-    symmetric: bool = True  # symmetric activations and weights (zero point 0), as TensorRT expects
+    symmetric: bool = True  # symmetric activations (zero point 0), as TensorRT expects; weights always are
+    activations: ActivationType = "int8"  # uint8 (with symmetric: false) is ONNX Runtime's fast x86 format
     keep_gates_fp: bool = False  # attention gates (sigmoid/softmax and their scaling Mul) left unquantized
     gate_op_types: tuple[str, ...] = ("Sigmoid", "HardSigmoid", "Softmax")
     exclude_op_types: tuple[str, ...] = ()  # further op types never quantized
@@ -190,6 +192,15 @@ class ExportConfig:
             17 <= self.opset <= 20, "opset", self.opset, "17..20 (GroupNormalization-21 breaks TensorRT 10)"
         )
         _check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name without '/'")
+        if self.runtime == "tensorrt" and self.precision == "int8":
+            # TensorRT explicit quantization takes signed INT8 with zero point 0 only.
+            _check(
+                self.int8.activations == "int8",
+                "int8.activations",
+                self.int8.activations,
+                "int8 for TensorRT",
+            )
+            _check(self.int8.symmetric, "int8.symmetric", self.int8.symmetric, "true for TensorRT")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists), e.g. for a manifest."""

@@ -7,9 +7,10 @@
 Runtime CPU against PyTorch FP32 on synthetic images -> ``fp16_cosine.json`` / ``.md``.
 
 ``int8``: resnet50-{se,cbam,eca,ema} and yolov8s-eca; calibrated on the synthetic set (seed 0), evaluated on
-other synthetic images (seed 1000); both attention-gate placements (gates quantized vs kept in float) for each
-calibration method -> ``int8_placement.json`` / ``.md``. Calibration is cached, so the two placements of one
-method calibrate once.
+200 other synthetic images (seed 1000); each integer format (uint8 asymmetric / int8 symmetric activations)
+with the attention gates quantized or kept in float, for each calibration method -> ``int8_placement.json`` /
+``.md``. Calibration is cached, so placements sharing a method and symmetry calibrate once. The zoo's weights
+are untrained; ``benchmarks/int8_trained.py`` measures INT8 on trained classifiers.
 """
 
 from __future__ import annotations
@@ -134,14 +135,23 @@ def run_fp16(models: list[str], images: int, merge: bool = False) -> None:
     )
 
 
-# Q/DQ placements compared: ONNX Runtime's default op set (every op it can quantize, so CPU kernels run in
-# INT8) with the attention gates quantized or kept in float; Q/DQ only on the inputs of weighted ops (the
-# minimum TensorRT needs); and that plus leading layers in float until cosine >= 0.9985 on calibration images.
+# INT8 settings compared. Integer format: uint8 asymmetric activations (ONNX Runtime's fast x86 format, the
+# ort-int8 default) or int8 symmetric (the only one TensorRT takes, the trt-int8 default). Placement: ONNX
+# Runtime's default op set (every op it can quantize, so CPU kernels run in INT8) with the attention gates
+# quantized or kept in float; and Q/DQ only on the inputs of weighted ops plus leading layers in float until
+# cosine >= 0.9985 on calibration images.
+UINT8 = {"activations": "uint8", "symmetric": False}
 PLACEMENTS: dict[str, dict[str, Any]] = {
-    "all ops, gates int8": {},
-    "all ops, gates float": {"keep_gates_fp": True},
-    "weighted ops": {"op_types": ("Conv", "Gemm", "MatMul")},
-    "weighted ops + fallback": {"op_types": ("Conv", "Gemm", "MatMul"), "fallback_cosine": 0.9985},
+    "uint8 asym., gates float (ort-int8)": {**UINT8, "keep_gates_fp": True},
+    "uint8 asym., gates int8": {**UINT8},
+    "int8 sym., gates float (trt-int8)": {"keep_gates_fp": True},
+    "int8 sym., gates int8": {},
+    "uint8 asym., weighted ops + fallback": {
+        **UINT8,
+        "keep_gates_fp": True,
+        "op_types": ("Conv", "Gemm", "MatMul"),
+        "fallback_cosine": 0.9985,
+    },
 }
 
 
@@ -187,7 +197,7 @@ def run_int8(
     meta = {
         "calibration": {"images": calib_images, "seed": 0, "source": "synthetic"},
         "evaluation": {"images": eval_images, "seed": EVAL_SEED},
-        "runtime": "onnxruntime CPU (QDQ, symmetric INT8, per-channel weights)",
+        "runtime": "onnxruntime CPU (QDQ, per-channel int8 weights)",
         "placements": {
             k: {o: list(v) if isinstance(v, tuple) else v for o, v in p.items()}
             for k, p in PLACEMENTS.items()
@@ -277,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     int8.add_argument("--methods", nargs="+", default=["percentile"])
     int8.add_argument("--placements", nargs="+", default=list(PLACEMENTS), choices=list(PLACEMENTS))
     int8.add_argument("--calib-images", type=int, default=32)
-    int8.add_argument("--eval-images", type=int, default=40)
+    int8.add_argument("--eval-images", type=int, default=200)
     int8.add_argument("--merge", action="store_true", help="keep stored rows of models not measured now")
     args = parser.parse_args(argv)
     if args.what == "fp16":

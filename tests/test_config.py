@@ -31,6 +31,14 @@ def test_every_target_is_shipped_and_loads():
         assert config.dynamic.batch == config.dynamic.hw == path.stem.endswith("-dynamic")
 
 
+def test_int8_targets_use_their_runtime_s_integer_format():
+    # ONNX Runtime's fast x86 kernels take uint8 activations (U8S8); TensorRT takes signed, symmetric only.
+    for name in ("ort-int8", "ort-int8-dynamic"):
+        assert (load_config(name).int8.activations, load_config(name).int8.symmetric) == ("uint8", False)
+    for name in ("trt-int8", "trt-int8-dynamic"):
+        assert (load_config(name).int8.activations, load_config(name).int8.symmetric) == ("int8", True)
+
+
 def test_extends_merges_deeply_and_never_inherits_the_name(tmp_path: Path):
     (tmp_path / "base.yaml").write_text(
         "name: base\nprecision: int8\nint8: {num_images: 8, percentile: 99.9}\n"
@@ -63,6 +71,14 @@ def test_extends_merges_deeply_and_never_inherits_the_name(tmp_path: Path):
         ("dynamic: {batch: yes please}\n", "dynamic.batch: 'yes please' is not allowed; use true or false"),
         ("profiles: {images: {min: [1, 3], opt: [2, 3], max: [1, 3]}}\n", "profiles.images.min/opt/max"),
         ("opset: 21\n", "opset: 21 is not allowed; use 17..20"),
+        (
+            "runtime: tensorrt\nprecision: int8\nint8: {activations: uint8}\n",
+            "int8.activations: 'uint8' is not allowed; use int8 for TensorRT",
+        ),
+        (
+            "runtime: tensorrt\nprecision: int8\nint8: {symmetric: false}\n",
+            "int8.symmetric: False is not allowed",
+        ),
         ("extends: nowhere.yaml\n", "extends a missing file"),
         ("precision: [fp16\n", "is not valid YAML"),
         ("- a list\n", "the top level must be a mapping"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,27 @@ def test_qdq_is_what_tensorrt_expects_and_stays_close(tiny, calib, tmp_path):
     assert weight_dqs and all(inits[n.input[1]].ndim == 1 and inits[n.input[1]].size > 1 for n in weight_dqs)
     assert all(inits[n.input[0]].dtype == np.int8 for n in dqs if n.input[0] in inits)  # no INT32 biases
 
+    x = SPEC(synthetic_images(6, SIZE, seed=1000))
+    parity = compare_outputs([model(torch.from_numpy(x)).detach().numpy()], [_run(quantized, x)])
+    assert parity.cosine > 0.98, parity
+
+
+def test_uint8_asymmetric_activations_for_onnx_runtime(tiny, calib, tmp_path):
+    model, proto = tiny
+    config = Int8Config(activations="uint8", symmetric=False)
+    quantized, report = quantize_int8(proto, calib, config, cache_dir=tmp_path)
+    inits = {t.name: numpy_helper.to_array(t) for t in quantized.graph.initializer}
+    weights = {n.input[1] for n in quantized.graph.node if n.op_type == "Conv"}
+    activation_zps = [
+        inits[n.input[2]]
+        for n in quantized.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] not in weights
+    ]
+    assert activation_zps and all(zp.dtype == np.uint8 for zp in activation_zps)
+    assert any(
+        zp.item() not in (0, 128) for zp in activation_zps
+    )  # asymmetric: fitted to each tensor's range
+    assert report.cache_key != quantize_int8(proto, calib, Int8Config(), cache_dir=tmp_path)[1].cache_key
     x = SPEC(synthetic_images(6, SIZE, seed=1000))
     parity = compare_outputs([model(torch.from_numpy(x)).detach().numpy()], [_run(quantized, x)])
     assert parity.cosine > 0.98, parity
@@ -190,3 +212,27 @@ def test_histogram_calibration_falls_back_to_minmax_on_a_near_constant_tensor(tm
     quantized, report = quantize_int8(onnx.load(str(path)), calib, Int8Config(), cache_dir=tmp_path)
     assert report.method == "minmax (percentile cannot bin a near-constant tensor)"
     assert report.qdq_nodes > 0 and quantized.graph.node
+
+
+def test_the_trained_int8_benchmark_runs_end_to_end(tmp_path, monkeypatch):
+    # benchmarks/int8_trained.py at toy size: train, export, quantize per target, score against labels.
+    from benchmarks import int8_trained
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    args = ["--models", "resnet18-se", "--steps", "2", "--batch", "4", "--size", "32"]
+    args += [
+        "--calib-images",
+        "4",
+        "--test-images",
+        "6",
+        "--results",
+        str(tmp_path),
+        "--cache",
+        str(tmp_path),
+    ]
+    int8_trained.main(args)
+    rows = json.loads((tmp_path / "int8_trained.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == list(int8_trained.VARIANTS)
+    assert all(0 <= r["top1_agreement"] <= 1 and r["cosine"] > 0.9 for r in rows)
+    assert "| resnet18-se |" in (tmp_path / "int8_trained.md").read_text()
+    assert len(list(tmp_path.glob("resnet18-se-*.pt"))) == 1

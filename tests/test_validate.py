@@ -151,3 +151,42 @@ def test_cli_validate_and_one_line_errors(classifier: Path, tmp_path: Path, caps
     args = ["export", "--model", "resnet18-se", "--precision", "int8", "--calib-dir", str(empty)]
     assert main(args) == 2
     assert "holds no .jpg/.png images" in capsys.readouterr().err
+
+
+def test_a_fine_tuned_classifier_on_the_user_s_own_images(tmp_path: Path, monkeypatch, capsys):
+    # The user flow: a 10-class fine-tuned checkpoint, INT8 calibrated on their images, validated on others.
+    import torch
+    from PIL import Image
+
+    from attn_deploy import create_model
+    from attn_deploy.data.synthetic import labeled_scenes
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    weights = tmp_path / "fine_tuned.pt"
+    torch.save(create_model("resnet18-se", num_classes=10).state_dict(), weights)
+    folders = {"calib": tmp_path / "calib", "val": tmp_path / "val"}
+    for seed, folder in enumerate(folders.values()):
+        folder.mkdir()
+        for i, image in enumerate(labeled_scenes(5, (60, 80), seed=seed)[0]):
+            Image.fromarray(image).save(folder / f"{i}.png")
+    export = ["export", "--model", "resnet18-se", "--weights", str(weights), "--imgsz", "64"]
+    export += [
+        "--precision",
+        "int8",
+        "--calib-dir",
+        str(folders["calib"]),
+        "--out",
+        str(tmp_path / "engines"),
+    ]
+    assert main(export) == 0
+    artifact = tmp_path / "engines" / "resnet18-se" / "ort-int8"
+    assert json.loads((artifact / "manifest.json").read_text())["outputs"][0]["shape"][-1] == 10
+    capsys.readouterr()
+
+    assert main(["validate", str(artifact), "--image-dir", str(folders["val"]), "--images", "4"]) == 0
+    data = json.loads((artifact / "validation.json").read_text())
+    assert data["num_images"] == 4 and data["details"]["source"] == f"images from {folders['val']}"
+    assert f"4 images from {folders['val']}" in (artifact / "report.md").read_text()
+
+    assert main(["validate", str(artifact), "--image-dir", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -333,12 +333,28 @@ def test_missing_weights_file(tmp_path: Path) -> None:
     assert "nope.pt' not found" in _one_line(exc) and "--weights" in str(exc.value)
 
 
+@pytest.mark.parametrize(("name", "classes", "size"), [("resnet18-se", 10, 32), ("yolov8n-eca", 3, 64)])
+def test_a_fine_tuned_checkpoint_brings_its_class_count(
+    tmp_path: Path, name: str, classes: int, size: int
+) -> None:
+    path = tmp_path / "fine_tuned.pt"
+    torch.save(create_model(name, num_classes=classes, calibrate=False).state_dict(), path)
+    loaded = create_model(name, weights=path)
+    assert loaded.spec.num_classes == classes
+    out = loaded(torch.zeros(1, 3, size, size))
+    assert out.shape[1] == (classes if loaded.spec.task == "classify" else 4 + classes)
+
+
 def test_mismatched_weights_name_the_keys(tmp_path: Path) -> None:
     path = tmp_path / "ten_classes.pt"
     torch.save(create_model("resnet18", num_classes=10, calibrate=False).state_dict(), path)
     with pytest.raises(WeightsError) as exc:
-        create_model("resnet18", weights=path)
+        create_model("resnet18", weights=path, num_classes=1000)
     assert "fc.weight" in _one_line(exc)
+    torch.save({"fc.bias": torch.zeros(3)}, path)
+    with pytest.raises(WeightsError) as exc:
+        create_model("resnet18", weights=path)
+    assert "no single class-count tensor matching" in _one_line(exc)
     torch.save(create_model("resnet18", calibrate=False).state_dict(), path)
     with pytest.raises(WeightsError) as exc:
         create_model("resnet50", weights=path)

@@ -30,10 +30,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--config", default=None, help="export config whose tolerances apply (default: the artifact's)"
     )
     p.add_argument(
-        "--images", type=int, default=None, help="number of synthetic images (default: from config)"
+        "--images",
+        type=int,
+        default=None,
+        help="number of images (default: from config, or all of --image-dir)",
     )
     p.add_argument(
         "--seed", type=int, default=None, help="seed of the synthetic images (default: from config)"
+    )
+    p.add_argument(
+        "--image-dir",
+        default=None,
+        help="validate on your own .jpg/.png images (all, or the first --images) instead of synthetic ones",
     )
     p.set_defaults(func=run)
 
@@ -63,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
             config=config,
             num_images=args.images,
             seed=args.seed,
+            image_dir=args.image_dir,
             on_batch=lambda done, total: progress.update(task, completed=done, total=total),
         )
 

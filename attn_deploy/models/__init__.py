@@ -29,7 +29,7 @@ from attn_deploy.errors import ConfigError, ModelNotFoundError
 from attn_deploy.models import resnet, yolov8  # noqa: F401  (importing registers the architectures)
 from attn_deploy.models.calibrate import calibrate_batchnorm
 from attn_deploy.models.registry import ARCH_ALIASES, ARCHS, ModelSpec, register_model
-from attn_deploy.models.weights import load_weights
+from attn_deploy.models.weights import checkpoint_num_classes, load_weights
 
 __all__ = ["ModelSpec", "create_model", "list_models", "model_spec", "register_model", "resolve_name"]
 
@@ -93,7 +93,8 @@ def create_model(
     Args:
         name: ``"<arch>-<attention>"`` or an alias (see ``list_models()``).
         weights: a state_dict file to load; when given, BatchNorm calibration is skipped.
-        num_classes: override the family's class count (80 for YOLO, 1000 for ResNet).
+        num_classes: override the family's class count (80 for YOLO, 1000 for ResNet); with ``weights`` and
+            no ``num_classes``, the checkpoint's own class count.
         placement: where attention goes (YOLO: ``"neck"`` default, ``"backbone"``, ``"all"``;
             ResNet: ``"block"``).
         calibrate: calibrate BatchNorm statistics of the default weights on synthetic images.
@@ -106,7 +107,10 @@ def create_model(
         raise ConfigError(
             f"unknown placement {placement!r} for {spec.name}; choose one of: {', '.join(family.placements)}"
         )
-    num_classes = spec.num_classes if num_classes is None else num_classes
+    if num_classes is None:
+        num_classes = (
+            spec.num_classes if weights is None else checkpoint_num_classes(weights, family.classes_key)
+        )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     spec = dataclasses.replace(spec, num_classes=num_classes, placement=placement)

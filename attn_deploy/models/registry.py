@@ -41,6 +41,8 @@ class Family:
     """Where attention may go; the first is the default."""
     size_divisor: int
     """Input height and width must be multiples of this."""
+    classes_key: str
+    """Regex of the state_dict key whose first dimension is the class count (read from ``--weights``)."""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ RESNET = Family(
     std=(0.229, 0.224, 0.225),
     placements=("block",),
     size_divisor=1,
+    classes_key=r"fc\.weight",
 )
 
 

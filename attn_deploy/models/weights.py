@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -60,6 +61,22 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> list[str]:
             "weights '%s' hold no attention weights; %d attention tensors keep their init", path, len(left)
         )
     return left
+
+
+def checkpoint_num_classes(path: str | os.PathLike[str], classes_key: str) -> int:
+    """The class count of the checkpoint at ``path``: dim 0 of the key matching ``classes_key`` (a regex).
+
+    Lets a fine-tuned checkpoint (e.g. a 10-class ResNet) load without naming its class count.
+    """
+    state = _read_state_dict(Path(path))
+    pattern = re.compile(classes_key)
+    found = [v for k, v in state.items() if pattern.fullmatch(k)]
+    if len(found) != 1 or found[0].ndim < 1:
+        raise WeightsError(
+            f"weights '{path}' have no single class-count tensor matching {classes_key!r}; "
+            "pass weights saved from this model's architecture"
+        )
+    return int(found[0].shape[0])
 
 
 def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:

@@ -49,6 +49,7 @@ YOLO = Family(
     std=(1.0, 1.0, 1.0),
     placements=("neck", "backbone", "all"),
     size_divisor=32,
+    classes_key=r"(.*\.)?cv3\.0\.2\.weight",  # the Detect head's class-score conv at the first stride
 )
 
 SCALES: dict[str, tuple[float, float, int]] = {

@@ -1,8 +1,9 @@
 """Validate an artifact directory against PyTorch FP32: the check behind `attn-deploy validate`.
 
 The PyTorch model is recreated from the manifest (``model``, optional ``weights``); both run on the same
-synthetic images (a seed apart from the INT8 calibration set), preprocessed as the manifest says. Raw images
-are 4:3, so the letterbox pads and the centre-crop crops, as with real photos. Metrics, each checked against
+synthetic images (a seed apart from the INT8 calibration set), or the user's own images (``--image-dir``),
+preprocessed as the manifest says. Synthetic raw images are 4:3, so the letterbox pads and the centre-crop
+crops, as with real photos. Metrics, each checked against
 the target config's ``tolerances``:
 
 * per output: max abs / max rel error, cosine similarity, new non-finite values;
@@ -27,7 +28,7 @@ from rich.table import Table
 from attn_deploy import fsutil
 from attn_deploy.backends.base import Runner
 from attn_deploy.config import ExportConfig, Tolerances, find_config, load_config, replace_config
-from attn_deploy.data.preprocess import PreprocessSpec
+from attn_deploy.data.preprocess import PreprocessSpec, list_images, load_image
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.errors import ConfigError, InputError
 from attn_deploy.report import fmt, markdown_table
@@ -98,6 +99,20 @@ def evaluation_images(preprocess: PreprocessSpec, count: int, seed: int) -> np.n
     """``count`` synthetic 4:3 images preprocessed for the model: float32 ``(count, 3, H, W)``."""
     h, w = preprocess.size
     return preprocess(synthetic_images(count, (h, w * 4 // 3), seed=seed))
+
+
+def user_images(
+    directory: str | os.PathLike[str], preprocess: PreprocessSpec, limit: int | None, batch: int
+) -> np.ndarray:
+    """The jpg/png images of ``directory`` (the first ``limit``), preprocessed, in whole batches of ``batch``."""
+    files = list_images(directory)
+    count = min(len(files), limit or len(files)) // batch * batch
+    if count == 0:
+        raise InputError(
+            f"image directory {directory} holds {len(files)} images, fewer than the export batch {batch}; "
+            "add images or export with --dynamic"
+        )
+    return preprocess([load_image(p) for p in files[:count]])
 
 
 @dataclass
@@ -185,12 +200,15 @@ def validate_artifact(
     config: ExportConfig | None = None,
     num_images: int | None = None,
     seed: int | None = None,
+    image_dir: str | os.PathLike[str] | None = None,
     write: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> ValidationReport:
     """Compare the artifact's graph (``runner``, default ONNX Runtime CPU) with PyTorch FP32.
 
-    ``on_batch(done, total)`` reports progress. With ``write``, results are stored in the directory.
+    The inputs are ``num_images`` synthetic images (``seed``), or with ``image_dir`` the user's own jpg/png
+    images (all of them, or the first ``num_images``), preprocessed as the manifest says. ``on_batch(done,
+    total)`` reports progress. With ``write``, results are stored in the directory.
     """
     from attn_deploy.backends.ort import OrtRunner
     from attn_deploy.backends.torch_runner import TorchRunner
@@ -208,9 +226,15 @@ def validate_artifact(
     entry = manifest["inputs"][0]
     output_names = [o["name"] for o in manifest["outputs"]]
     batch = entry["shape"][0] if isinstance(entry["shape"][0], int) else config.validation.batch
-    count = -(-(num_images or config.validation.num_images) // batch) * batch  # whole batches
-    seed = config.validation.seed if seed is None else seed
-    inputs = evaluation_images(PreprocessSpec.from_dict(manifest["preprocess"]), count, seed)
+    preprocess = PreprocessSpec.from_dict(manifest["preprocess"])
+    if image_dir is None:
+        count = -(-(num_images or config.validation.num_images) // batch) * batch  # whole batches
+        seed = config.validation.seed if seed is None else seed
+        inputs = evaluation_images(preprocess, count, seed)
+        source = f"synthetic images (seed {seed})"
+    else:
+        inputs = user_images(image_dir, preprocess, num_images, batch)
+        count, source = len(inputs), f"images from {image_dir}"
 
     model = create_model(manifest["model"], weights=manifest.get("weights"))
     candidate_runner = runner or OrtRunner(artifact.onnx_path)
@@ -228,7 +252,7 @@ def validate_artifact(
         input_shape=[count, *inputs.shape[1:]],
         per_output=per_output_rows(parity),
         checks=checks,
-        details={"seed": seed, **details},
+        details={"source": source, **details},
         seconds=round(time.perf_counter() - start, 2),
     )
     if write:
@@ -264,7 +288,7 @@ def render_validation(report: ValidationReport, command: str) -> str:
     verdict = "PASSED" if report.passed else "FAILED"
     lines = [
         f"## Validation against PyTorch FP32: {verdict}\n",
-        f"- backend: {report.backend}; {report.num_images} synthetic images, input {report.input_shape}; "
+        f"- backend: {report.backend}; {report.num_images} {report.details['source']}, input {report.input_shape}; "
         f"{report.seconds} s\n",
         markdown_table(
             ["metric", "value", "tolerance", "result"],
