@@ -5,9 +5,9 @@ symmetric activations and weights (zero point 0), per-output-channel weight scal
 (https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/quantized-types-explicit-quantization.html).
 ONNX Runtime's CPU provider fuses DQ -> op -> Q into integer kernels. On x86 its fast path multiplies uint8
 activations by int8 weights (U8S8), so the ``ort-int8`` target uses asymmetric uint8 activations
-(``int8.activations: uint8``, ``int8.symmetric: false``): measured on resnet50-se it runs at 44 ms against 72 ms
-for symmetric int8 activations (FP32: 62 ms), and a zero point fitted to each range halves the step size of
-post-ReLU tensors (benchmarks/results/int8_placement.md). TensorRT targets keep signed symmetric INT8; the
+(``int8.activations: uint8``, ``int8.symmetric: false``): resnet50-se runs at 34 ms against 67 ms with
+symmetric int8 activations (FP32: 56 ms) on a 2-core Xeon, and a zero point fitted to each range halves the
+step size of post-ReLU tensors (benchmarks/results/int8_placement.md). TensorRT targets keep signed symmetric INT8; the
 config refuses anything else for them.
 
 Biases: ONNX Runtime's default quantizes a Conv bias to INT32 behind a DequantizeLinear, which ORT's CPU
@@ -17,8 +17,9 @@ onnx/onnx-tensorrt#850, microsoft/onnxruntime#17738). TensorRT targets therefore
 
 Attention-aware placement (``int8.keep_gates_fp``): the gates of attention blocks (sigmoid/softmax and the
 multiply they scale, :func:`attn_deploy.precision.policy.attention_gate_nodes`) can be left unquantized. A
-sigmoid gate in INT8 has 128 levels in [0, 1] and scales a whole feature map; ``benchmarks/precision_eval.py``
-measures both placements on the zoo.
+sigmoid gate in INT8 has 128 levels in [0, 1] and scales a whole feature map. Measured (``benchmarks/``
+``precision_eval.py``, ``int8_trained.py``): equally accurate on trained models, and quantized gates run faster
+on ONNX Runtime CPU, so ``ort-int8`` quantizes them and ``trt-int8`` keeps them float until TensorRT timings.
 """
 
 from __future__ import annotations
