@@ -29,7 +29,7 @@ from attn_deploy.errors import ConfigError, ModelNotFoundError
 from attn_deploy.models import resnet, yolov8  # noqa: F401  (importing registers the architectures)
 from attn_deploy.models.calibrate import calibrate_batchnorm
 from attn_deploy.models.registry import ARCH_ALIASES, ARCHS, ModelSpec, register_model
-from attn_deploy.models.weights import checkpoint_num_classes, load_weights
+from attn_deploy.models.weights import checkpoint_num_classes, load_state, read_state_dict
 
 __all__ = ["ModelSpec", "create_model", "list_models", "model_spec", "register_model", "resolve_name"]
 
@@ -107,9 +107,10 @@ def create_model(
         raise ConfigError(
             f"unknown placement {placement!r} for {spec.name}; choose one of: {', '.join(family.placements)}"
         )
+    state = read_state_dict(weights) if weights is not None else None
     if num_classes is None:
         num_classes = (
-            spec.num_classes if weights is None else checkpoint_num_classes(weights, family.classes_key)
+            spec.num_classes if state is None else checkpoint_num_classes(state, family.classes_key, weights)
         )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -121,8 +122,8 @@ def create_model(
             spec.attention, num_classes=num_classes, placement=placement, **attn_kwargs
         )
     model.eval()
-    if weights is not None:
-        load_weights(model, weights)
+    if state is not None:
+        load_state(model, state, weights)
     elif calibrate:
         images = synthetic_mosaics(CALIBRATION_IMAGES, spec.input_size, seed=SEED)
         calibrate_batchnorm(model, spec.normalize(images))

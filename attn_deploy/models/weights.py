@@ -30,7 +30,13 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> list[str]:
     ``num_batches_tracked`` counters: so a plain torchvision ResNet-50 checkpoint loads into
     ``resnet50-se`` with SE at its default init. Anything else raises ``WeightsError``.
     """
-    state = _read_state_dict(Path(path))
+    return load_state(model, read_state_dict(path), path)
+
+
+def load_state(
+    model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike[str]
+) -> list[str]:
+    """:func:`load_weights` for a state_dict already read from ``path`` (named in errors)."""
     expected = model.state_dict()
     unexpected = [k for k in state if k not in expected]
     mismatched = [
@@ -63,12 +69,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> list[str]:
     return left
 
 
-def checkpoint_num_classes(path: str | os.PathLike[str], classes_key: str) -> int:
-    """The class count of the checkpoint at ``path``: dim 0 of the key matching ``classes_key`` (a regex).
-
-    Lets a fine-tuned checkpoint (e.g. a 10-class ResNet) load without naming its class count.
+def checkpoint_num_classes(
+    state: Mapping[str, torch.Tensor], classes_key: str, path: str | os.PathLike[str]
+) -> int:
+    """The class count of checkpoint ``state`` (read from ``path``): dim 0 of the key matching ``classes_key``
+    (a regex). Lets a fine-tuned checkpoint (e.g. a 10-class ResNet) load without naming its class count.
     """
-    state = _read_state_dict(Path(path))
     pattern = re.compile(classes_key)
     found = [v for k, v in state.items() if pattern.fullmatch(k)]
     if len(found) != 1 or found[0].ndim < 1:
@@ -79,7 +85,9 @@ def checkpoint_num_classes(path: str | os.PathLike[str], classes_key: str) -> in
     return int(found[0].shape[0])
 
 
-def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike[str]) -> Mapping[str, torch.Tensor]:
+    """The state_dict saved at ``path`` (``weights_only=True``; container and ``module.`` prefix unwrapped)."""
+    path = Path(path)
     if not path.is_file():
         raise WeightsError(
             f"weights file '{path}' not found; pass --weights PATH to an existing .pt/.pth state_dict"

@@ -7,8 +7,8 @@ ONNX Runtime's CPU provider fuses DQ -> op -> Q into integer kernels. On x86 its
 activations by int8 weights (U8S8), so the ``ort-int8`` target uses asymmetric uint8 activations
 (``int8.activations: uint8``, ``int8.symmetric: false``): resnet50-se runs at 34 ms against 67 ms with
 symmetric int8 activations (FP32: 56 ms) on a 2-core Xeon, and a zero point fitted to each range halves the
-step size of post-ReLU tensors (benchmarks/results/int8_placement.md). TensorRT targets keep signed symmetric INT8; the
-config refuses anything else for them.
+step size of post-ReLU tensors (benchmarks/results/int8_placement.md). TensorRT targets keep signed symmetric
+INT8; the config refuses anything else for them.
 
 Biases: ONNX Runtime's default quantizes a Conv bias to INT32 behind a DequantizeLinear, which ORT's CPU
 kernels fuse, but TensorRT's ONNX parser rejects ("only activation types allowed as input to this layer",
