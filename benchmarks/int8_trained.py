@@ -15,6 +15,7 @@ PyTorch FP32. Trained weights are cached under ``benchmarks/.cache/`` (git-ignor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import tempfile
@@ -26,8 +27,7 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from attn_deploy import create_model, export_onnx
-from attn_deploy.backends.ort import OrtRunner
+from attn_deploy import create_model
 from attn_deploy.commands.progress import console
 from attn_deploy.config import Int8Config, load_config
 from attn_deploy.data.preprocess import PreprocessSpec
@@ -36,10 +36,8 @@ from attn_deploy.fsutil import atomic_path, write_json, write_text
 from attn_deploy.precision.calibration import CalibrationSet
 from attn_deploy.precision.int8 import quantize_int8
 from attn_deploy.report import markdown_table
-from attn_deploy.validate.classification import top1_agreement
-from attn_deploy.validate.parity import compare_outputs
+from benchmarks.precision_eval import RESULTS, export_graph, graph_outputs, reference_outputs, score
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = Path(__file__).resolve().parent / ".cache"
 MODELS = ("resnet50-se", "resnet50-cbam", "resnet50-eca", "resnet50-ema")
 CLASSES = 10
@@ -108,8 +106,7 @@ def train(name: str, steps: int, size: int, batch: int, cache: Path = CACHE) -> 
 def int8_config(variant: dict[str, Any]) -> Int8Config:
     """The INT8 settings of the variant's target config (``ort-int8`` unless named), with its overrides."""
     options = dict(variant)
-    config = load_config(options.pop("target", "ort-int8")).int8
-    return Int8Config(**{**config.__dict__, **options})
+    return dataclasses.replace(load_config(options.pop("target", "ort-int8")).int8, **options)
 
 
 def evaluate(
@@ -119,49 +116,24 @@ def evaluate(
     model = create_model(name, num_classes=CLASSES, weights=weights)
     x_test, y_test = scenes(test_images, size, TEST_SEED)
     x_calib, _ = scenes(calib_images, size, CALIB_SEED)
-    with torch.no_grad():
-        reference = np.concatenate(
-            [model(torch.from_numpy(x_test[i : i + 50])).numpy() for i in range(0, len(x_test), 50)]
-        )
-    fp32_accuracy = float((reference.argmax(1) == y_test).mean())
-    ordered = np.sort(reference, 1)
-    margin = float(np.median((ordered[:, -1] - ordered[:, -2]) / reference.std(1)))
+    reference = reference_outputs(model, x_test)
+    fp32_accuracy = float((reference["logits"].argmax(1) == y_test).mean())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / f"{name}.onnx"
-        input_name = model.spec.input_name
-        export_onnx(
-            model, torch.from_numpy(x_test[:1]), onnx_path, input_names=[input_name], output_names=["logits"]
-        )
-        import onnx
-
-        proto = onnx.load(str(onnx_path))
-        calib = CalibrationSet(input_name, x_calib, f"labeled_scenes(seed={CALIB_SEED})")
+        proto = export_graph(model, torch.from_numpy(x_test[:1]), Path(tmp))
+        calib = CalibrationSet(model.spec.input_name, x_calib, f"labeled_scenes(seed={CALIB_SEED})")
         for label, variant in VARIANTS.items():
             quantized, report = quantize_int8(proto, calib, int8_config(variant), cache_dir=Path(tmp))
-            runner = OrtRunner(quantized.SerializeToString())
-            logits = np.concatenate(
-                [runner.infer({input_name: x_test[i : i + 1]})["logits"] for i in range(len(x_test))]
+            outputs = graph_outputs(model, quantized, x_test)
+            row = {"model": name, "variant": label, "fp32_accuracy": fp32_accuracy}
+            row["int8_accuracy"] = float((outputs["logits"].argmax(1) == y_test).mean())
+            row.update(
+                score(model, reference, outputs), qdq_nodes=report.qdq_nodes, calibration=report.method
             )
-            parity = compare_outputs(
-                {"logits": reference}, {"logits": logits}, ["logits"], atol=np.inf, min_cosine=0.0
-            )
-            rows.append(
-                {
-                    "model": name,
-                    "variant": label,
-                    "fp32_accuracy": fp32_accuracy,
-                    "int8_accuracy": float((logits.argmax(1) == y_test).mean()),
-                    "top1_agreement": top1_agreement(reference, logits),
-                    "cosine": parity.cosine,
-                    "median_top1_margin_sigma": margin,
-                    "qdq_nodes": report.qdq_nodes,
-                    "calibration": report.method,
-                }
-            )
+            rows.append(row)
             console.print(
-                f"{name} {label}: FP32 acc {fp32_accuracy:.1%}, INT8 acc {rows[-1]['int8_accuracy']:.1%}, "
-                f"agreement {rows[-1]['top1_agreement']:.1%}, cosine {parity.cosine:.5f}",
+                f"{name} {label}: FP32 acc {fp32_accuracy:.1%}, INT8 acc {row['int8_accuracy']:.1%}, "
+                f"agreement {row['top1_agreement']:.1%}, cosine {row['cosine']:.5f}",
                 highlight=False,
             )
     return rows

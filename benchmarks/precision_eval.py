@@ -55,27 +55,36 @@ def _export(name: str, folder: Path) -> tuple[Any, PreprocessSpec, onnx.ModelPro
     spec = model.spec
     preprocess = PreprocessSpec(spec.preprocess, spec.input_size, spec.mean, spec.std)
     sample = spec.normalize(synthetic_images(1, spec.input_size, seed=1234))
-    path = folder / f"{name}.onnx"
+    return model, preprocess, export_graph(model, sample, folder)
+
+
+def export_graph(model: Any, sample: Any, folder: Path) -> onnx.ModelProto:
+    """Zoo ``model`` exported (verified against PyTorch) at ``sample``'s shape into ``folder``, loaded."""
+    spec = model.spec
+    path = folder / f"{spec.name}.onnx"
     export_onnx(model, sample, path, input_names=[spec.input_name], output_names=list(spec.output_names))
-    return model, preprocess, onnx.load(str(path))
+    return onnx.load(str(path))
 
 
-def _reference(model: Any, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """PyTorch FP32 outputs over ``inputs`` (batches of 8)."""
+def reference_outputs(model: Any, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """PyTorch FP32 outputs of zoo ``model`` over ``inputs`` (batches of 8)."""
     spec = model.spec
     runner = TorchRunner(model, [spec.input_name], list(spec.output_names))
     batches = [runner.infer({spec.input_name: inputs[i : i + 8]}) for i in range(0, len(inputs), 8)]
     return {n: np.concatenate([b[n] for b in batches]) for n in spec.output_names}
 
 
-def _evaluate(
-    model: Any, proto: onnx.ModelProto, inputs: np.ndarray, ref: dict[str, np.ndarray]
-) -> dict[str, Any]:
-    """Cosine and errors of ``proto`` (ONNX Runtime CPU) against ``ref``, plus top-1 or box agreement."""
+def graph_outputs(model: Any, proto: onnx.ModelProto, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """Outputs of graph ``proto`` of zoo ``model`` on ONNX Runtime CPU over ``inputs``, one image at a time."""
     spec = model.spec
     runner = OrtRunner(proto.SerializeToString())
     batches = [runner.infer({spec.input_name: inputs[i : i + 1]}) for i in range(len(inputs))]
-    cand = {n: np.concatenate([b[n] for b in batches]).astype(np.float32) for n in spec.output_names}
+    return {n: np.concatenate([b[n] for b in batches]).astype(np.float32) for n in spec.output_names}
+
+
+def score(model: Any, ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Cosine and errors of ``cand`` against ``ref``, plus top-1 (with the logit margin) or box agreement."""
+    spec = model.spec
     parity = compare_outputs(ref, cand, list(spec.output_names), atol=np.inf, min_cosine=0.0)
     row: dict[str, Any] = {"cosine": parity.cosine, "max_abs": parity.max_abs, "max_rel": parity.max_rel}
     first = spec.output_names[0]
@@ -107,7 +116,9 @@ def run_fp16(models: list[str], images: int, merge: bool = False) -> None:
             converted, report = convert_fp16(proto, Fp16Config())
             inputs = evaluation_images(preprocess, images, EVAL_SEED)
             row = {"model": name, "size": list(preprocess.size)}
-            row.update(_evaluate(model, converted, inputs, _reference(model, inputs)))
+            row.update(
+                score(model, reference_outputs(model, inputs), graph_outputs(model, converted, inputs))
+            )
             row.update(fp16_nodes=report.fp16_nodes, fp32_nodes=len(report.fp32_nodes), casts=report.casts)
             row["seconds"] = round(time.perf_counter() - start, 1)
             rows.append(row)
@@ -175,7 +186,7 @@ def run_int8(
             model, preprocess, proto = _export(name, Path(tmp))
             calib = calibration_set(model.spec.input_name, preprocess, num_images=calib_images, seed=0)
             inputs = evaluation_images(preprocess, eval_images, EVAL_SEED)
-            ref = _reference(model, inputs)
+            ref = reference_outputs(model, inputs)
             graphs = {"fp32": proto}
             for method in methods:
                 for placement in placements:
@@ -186,7 +197,7 @@ def run_int8(
                         proto, calib, Int8Config(**options), cache_dir=Path(tmp)
                     )
                     row = {"model": name, "method": method, "placement": placement}
-                    row.update(_evaluate(model, quantized, inputs, ref))
+                    row.update(score(model, ref, graph_outputs(model, quantized, inputs)))
                     row.update(qdq_nodes=report.qdq_nodes, excluded=len(report.excluded_nodes))
                     row["float_layers"] = len(report.fallback_nodes)
                     row["seconds"] = round(time.perf_counter() - start, 1)
