@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench typecheck clean
+.PHONY: demo test test-fast lint bench typecheck wheel-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,11 @@ venv: $(STAMP)
 demo: $(STAMP)  ## export the headline model (YOLOv8s + ECA) to ONNX, verified against PyTorch
 	$(BIN)/attn-deploy export --model yolov8-eca
 
-test: $(STAMP)  ## the whole suite, CPU only (GPU tests skip with a reason)
-	$(BIN)/pytest -q
+test: $(STAMP)  ## the whole suite, CPU only (GPU tests skip with a reason); prints the 15 slowest tests
+	$(BIN)/pytest -q --durations=15
+
+test-fast: $(STAMP)  ## the development loop: everything not marked slow (under 2 minutes on 2 cores)
+	$(BIN)/pytest -q -m "not slow" --durations=5
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -35,6 +38,9 @@ typecheck: $(STAMP)  ## TensorRT code against tensorrt-stubs
 
 bench: $(STAMP)  ## attention cost tables + backend latency, stored under benchmarks/results/
 	$(BIN)/python -m benchmarks.run_all
+
+wheel-check:  ## build a wheel, install it into a fresh venv, export from an empty directory
+	bash .ci/wheel-check
 
 clean:
 	rm -rf $(VENV) engines/*/ .pytest_cache

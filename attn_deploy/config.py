@@ -30,7 +30,7 @@ Runtime = Literal["onnxruntime", "tensorrt"]
 CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
 ActivationType = Literal["int8", "uint8"]
 
-PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "export_configs"
+PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent / "export_configs"  # shipped in the wheel
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 * :mod:`.backends`        what gets timed: torch, ort, ort-naive, trt, torch-cuda, ort-cuda
 * :mod:`.run`             one benchmark run over models x backends x precisions
 * :mod:`.attention_cost`  every attention vs ``none`` on one architecture
-* :mod:`.seed`            claimed (``benchmarks/seed_claims.json``) vs measured
+* :mod:`.seed`            claimed (``attn_deploy/data/seed_claims.json``) vs measured
 * :mod:`.render` / :mod:`.plots`  tables, checks against the targets, Markdown / JSON / PNG reports
 * :mod:`.machine` / :mod:`.gpu`   machine description; CUDA-event timing (GPU only)
 """

@@ -1,7 +1,8 @@
 """Claimed versus measured: the seed article's (and primary sources') figures next to ours.
 
-Claims live in ``benchmarks/seed_claims.json``: tables per architecture (``"*"``: any), each with its source,
-its FLOPs unit (``GMACs`` figures are doubled to our 2-FLOPs-per-multiply-add GFLOPs) and rows per attention
+Claims live in ``attn_deploy/data/seed_claims.json`` (shipped in the package): tables per architecture
+(``"*"``: any), each with its source, its FLOPs unit (``GMACs`` figures are doubled to our
+2-FLOPs-per-multiply-add GFLOPs) and rows per attention
 (``params_m``, ``gflops``, ``latency_ms``, ``fps``, or a ``qualitative`` claim). Tables come first-listed
 first: the seed article's own figures, once filled in, win over the references.
 
@@ -24,7 +25,7 @@ from attn_deploy.bench.attention_cost import BASELINE, AttentionRow, pct
 from attn_deploy.bench.timing import p50_ratio_margin
 from attn_deploy.errors import ConfigError
 
-CLAIMS_FILE = Path("benchmarks") / "seed_claims.json"
+CLAIMS_FILE = Path(__file__).resolve().parents[1] / "data" / "seed_claims.json"  # package data
 
 
 @dataclass(frozen=True)
@@ -57,15 +58,9 @@ class Claims:
         return [t for t in self.tables if t.arch in (arch, "*")]
 
 
-def default_claims_path() -> Path:
-    """``benchmarks/seed_claims.json`` of the current directory, else of the source checkout."""
-    here = Path.cwd() / CLAIMS_FILE
-    return here if here.is_file() else Path(__file__).resolve().parents[2] / CLAIMS_FILE
-
-
 def load_claims(path: str | os.PathLike[str] | None = None) -> Claims:
     """Read the claims file; a one-line ``ConfigError`` when it is missing or malformed."""
-    file = Path(path) if path else default_claims_path()
+    file = Path(path) if path else CLAIMS_FILE
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
         tables = [
@@ -77,7 +72,7 @@ def load_claims(path: str | os.PathLike[str] | None = None) -> Claims:
         raise ConfigError(f"seed claims file {file} not found; pass --seed-claims PATH") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(
-            f"seed claims file {file} is malformed ({exc}); see benchmarks/seed_claims.json"
+            f"seed claims file {file} is malformed ({exc}); see attn_deploy/data/seed_claims.json"
         ) from None
     return Claims(tables, threshold, str(file))
 

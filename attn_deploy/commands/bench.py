@@ -55,7 +55,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="report folder (Markdown, JSON, PNG); --arch default: benchmarks/results/<date>-<machine>/",
     )
-    p.add_argument("--seed-claims", default=None, help="claims file (default benchmarks/seed_claims.json)")
+    p.add_argument(
+        "--seed-claims",
+        default=None,
+        help="claims file (default: the seed article figures shipped with attn-deploy)",
+    )
     p.set_defaults(func=run)
 
 
