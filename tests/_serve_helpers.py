@@ -77,6 +77,43 @@ def make_uint8_artifact(out_dir: Path, *, name: str = "u8-head") -> Path:
     return out_dir
 
 
+class TinyFPN(nn.Module):
+    """Five stride-2 convolutions, then the stride-32 map upsampled x2 and concatenated with the stride-16
+    one, as YOLO's neck does: ONNX Runtime fails (Concat) unless H and W are multiples of 32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.ModuleList(nn.Conv2d(3 if i == 0 else 4, 4, 3, stride=2, padding=1) for i in range(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = []
+        for conv in self.down:
+            x = torch.relu(conv(x))
+            features.append(x)
+        up = nn.functional.interpolate(features[-1], scale_factor=2.0, mode="nearest")
+        return torch.cat([up, features[-2]], 1).mean((2, 3))
+
+
+def make_fpn_artifact(out_dir: Path, *, name: str = "tiny-fpn", preprocess: dict | None = None) -> Path:
+    """Export TinyFPN (dynamic batch, height and width; exported at 64x64) with ``preprocess`` in its
+    manifest (e.g. ``{"kind": "letterbox", "size": [64, 64], "stride": 32}``; None: an old manifest)."""
+    from attn_deploy.export.artifact import export_artifact
+
+    torch.manual_seed(0)
+    export_artifact(
+        TinyFPN().eval(),
+        torch.randn(1, 3, 64, 64),
+        out_dir,
+        model_name=name,
+        preprocess=preprocess,
+        dynamic_batch=True,
+        dynamic_hw=True,
+        input_names=["images"],
+        output_names=["pooled"],
+    )
+    return out_dir
+
+
 def onnx_reference(artifact_dir: Path, images: np.ndarray) -> dict[str, np.ndarray]:
     """Run the artifact's model.onnx directly in ONNX Runtime (the ground truth for served outputs)."""
     session = ort.InferenceSession(str(artifact_dir / "model.onnx"), providers=["CPUExecutionProvider"])

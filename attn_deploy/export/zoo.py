@@ -40,9 +40,40 @@ def parse_imgsz(imgsz: int | str | tuple[int, int] | None, spec: ModelSpec) -> t
     return size
 
 
+_MIN_POSITIONS = {"simam": 2, "sparse": 32}
+"""Attention that needs this many positions (H*W) on the coarsest feature map (stride 32 in the zoo):
+SimAM divides by H*W - 1 (NaN at 1x1), sparse attention keeps topk=32 positions."""
+
+
+def _min_size(spec: ModelSpec) -> int | None:
+    """Smallest height/width (a multiple of ``size_divisor``) whose stride-32 feature map is big enough."""
+    positions = _MIN_POSITIONS.get(spec.attention)
+    if positions is None:
+        return None  # global pooling: any size runs
+    cells = 1
+    while cells * cells < positions:
+        cells += 1
+    return -(-(32 * (cells - 1) + 1) // spec.size_divisor) * spec.size_divisor
+
+
 def preprocess_info(spec: ModelSpec, size: tuple[int, int]) -> dict[str, Any]:
-    """The manifest's ``preprocess`` block: how raw images become the model's input."""
-    return {"kind": spec.preprocess, "size": list(size), "mean": list(spec.mean), "std": list(spec.std)}
+    """The manifest's ``preprocess`` block: how raw images become the model's input.
+
+    ``stride`` (when the model needs H and W to be multiples of it) and ``min_size`` (when H and W must
+    each be at least that) tell servers which dynamic sizes the model really accepts.
+    """
+    info: dict[str, Any] = {
+        "kind": spec.preprocess,
+        "size": list(size),
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+    }
+    if spec.size_divisor > 1:
+        info["stride"] = spec.size_divisor
+    min_size = _min_size(spec)
+    if min_size is not None:
+        info["min_size"] = min_size
+    return info
 
 
 def export_zoo_model(

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
 from attn_deploy.backends.ort import OrtRunner
 from attn_deploy.errors import ConfigError, ModelNotFoundError, exception_summary
 from attn_deploy.export.artifact_io import Artifact, load_artifact
-from attn_deploy.serve.batcher import BatchResult, MicroBatcher
+from attn_deploy.serve.batcher import BatchResult, MicroBatcher, batch_size_of
 from attn_deploy.serve.metrics import ModelMetrics
 from attn_deploy.serve.model_config import ONNX_PLATFORM, build_model_config
 from attn_deploy.serve.protocol import ProtocolError
@@ -32,6 +33,8 @@ class ServeOptions:
     Batching is on for a model whose batch dimension is dynamic when ``max_batch > 1``: requests that
     arrive within ``max_delay_ms`` are executed together, up to ``max_batch`` items. ``threads`` worker
     threads run inference; each ORT run uses ``intra_op_threads`` (default: CPU cores / threads).
+    A connection must deliver a request's headers within ``header_timeout_s`` of opening (or of its previous
+    response; this also closes idle keep-alive connections) and its body within ``body_timeout_s``.
     """
 
     max_batch: int = 8
@@ -40,6 +43,8 @@ class ServeOptions:
     intra_op_threads: int | None = None
     max_body_mb: float = 64.0
     device: str = "cpu"
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -52,11 +57,22 @@ class ServeOptions:
             raise ConfigError(f"--max-body-mb must be > 0, got {self.max_body_mb}")
         if self.device not in DEVICES:
             raise ConfigError(f"--device must be one of {sorted(DEVICES)}, got {self.device!r}")
+        for flag, value in (
+            ("--header-timeout", self.header_timeout_s),
+            ("--body-timeout", self.body_timeout_s),
+        ):
+            if not value > 0:  # also refuses NaN
+                raise ConfigError(f"{flag} must be > 0 seconds, got {value}")
 
     @property
     def ort_threads(self) -> int:
         """Intra-op threads of each ORT run."""
         return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.threads)
+
+
+def _clip(text: str, limit: int = 100) -> str:
+    """A client-supplied name as errors echo it: at most ``limit`` characters."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ServedModel:
@@ -75,6 +91,9 @@ class ServedModel:
         self.max_batch = options.max_batch if self.batching else 0
         self.max_delay_us = round(options.max_delay_ms * 1000)
         self.metrics = ModelMetrics(self.name, self.version)
+        self.sizes = ImageSizeRule.from_manifest(artifact.manifest)
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4  # a shape the model cannot run is the client's error: no log
         self.batcher = MicroBatcher(
             self._run,
             executor,
@@ -83,11 +102,45 @@ class ServedModel:
             on_execution=self.metrics.record_execution,
         )
 
+    def check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
+        """Refuse (ProtocolError, HTTP 400) what the model cannot run: batches over ``max_batch_size``,
+        image sizes off the model's stride or under its minimum (from the artifact's manifest)."""
+        batch = batch_size_of(inputs)
+        if self.max_batch and batch is not None and batch > self.max_batch:
+            raise ProtocolError(
+                f"batch size {batch} is over max_batch_size {self.max_batch} of model '{self.name}'; "
+                "split the request"
+            )
+        for name, array in inputs.items():
+            if array.ndim == 4:
+                self.sizes.check(name, int(array.shape[2]), int(array.shape[3]))
+
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self.runner.session is not None
         try:
-            return self.runner.infer(feed)
+            outputs = self.runner.session.run(
+                None, {k: np.ascontiguousarray(v) for k, v in feed.items()}, self._run_options
+            )
         except InvalidArgument as exc:
             raise ProtocolError(f"model '{self.name}' rejected the input: {exception_summary(exc)}") from None
+        except (Fail, RuntimeException) as exc:
+            if not self._untested_shape(feed):
+                raise
+            shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in feed.items())
+            raise ProtocolError(
+                f"model '{self.name}' cannot run inputs of shape {shapes} (exported at "
+                f"{self.artifact.manifest.get('export_shape')}): {exception_summary(exc)}"
+            ) from None
+        return dict(zip(self.runner.output_names, outputs, strict=True))
+
+    def _untested_shape(self, feed: dict[str, np.ndarray]) -> bool:
+        """True when the first input's non-batch dims differ from the shape the artifact was exported and
+        verified at, so an ORT failure is the request's shape's doing (False when the manifest cannot tell)."""
+        export_shape = self.artifact.manifest.get("export_shape")
+        first = feed.get(self.signature.inputs[0].name) if self.signature.inputs else None
+        if not isinstance(export_shape, list) or first is None or first.ndim != len(export_shape):
+            return False
+        return list(first.shape[1:]) != export_shape[1:]
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> BatchResult:
         """Run one validated request (batched with concurrent ones when batching is on)."""
@@ -140,11 +193,11 @@ class ModelPool:
         model = self.models.get(name)
         if model is None:
             raise ModelNotFoundError(
-                f"unknown model '{name}'; served models: {', '.join(sorted(self.models))}"
+                f"unknown model '{_clip(name)}'; served models: {', '.join(sorted(self.models))}"
             )
         if version not in (None, "", model.version):
             raise ModelNotFoundError(
-                f"model '{name}' has no version '{version}'; served version: {model.version}"
+                f"model '{name}' has no version '{_clip(str(version))}'; served version: {model.version}"
             )
         return model
 
@@ -156,3 +209,43 @@ class ModelPool:
     def close(self) -> None:
         """Wait for running inferences, then stop the worker threads."""
         self.executor.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class ImageSizeRule:
+    """Height/width a model accepts, from its manifest's ``preprocess`` block (``stride``, ``min_size``).
+
+    Manifests written before these keys existed give no rule (every size passes this check).
+    """
+
+    stride: int = 1
+    min_size: int = 1
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> ImageSizeRule:
+        """The rule of an artifact; values that are not positive integers are ignored."""
+        block = manifest.get("preprocess")
+        block = block if isinstance(block, dict) else {}
+
+        def positive(key: str) -> int:
+            value = block.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+        return cls(stride=positive("stride"), min_size=positive("min_size"))
+
+    def check(self, name: str, height: int, width: int) -> None:
+        """ProtocolError naming the rule unless ``height`` x ``width`` follows it."""
+        if height % self.stride or width % self.stride:
+
+            def up(v: int) -> int:
+                return max(self.stride, -(-v // self.stride) * self.stride, self.min_size)
+
+            raise ProtocolError(
+                f"input '{name}' is {height}x{width}: height and width must be multiples of {self.stride} "
+                f"for this model; resize or letterbox to e.g. {up(height)}x{up(width)}"
+            )
+        if height < self.min_size or width < self.min_size:
+            raise ProtocolError(
+                f"input '{name}' is {height}x{width}: height and width must be at least {self.min_size} "
+                "for this model"
+            )

@@ -16,7 +16,9 @@ binary-tensor-data-extension). tritonclient 2.73 (``tritonclient/http/_utils.py`
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +31,18 @@ from attn_deploy.serve.dtypes import numpy_dtype, v2_datatype_of_numpy
 from attn_deploy.serve.signature import ModelSignature, TensorSpec, element_count
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_TENSOR_BYTES = 2**62
+"""No tensor may be larger than this (numpy's own limit is 2**63 - 1 bytes, empty arrays included)."""
+
+_JSON_TYPE_NAMES = {
+    str: "string",
+    bool: "boolean",
+    int: "integer",
+    float: "float",
+    type(None): "null",
+    dict: "object",
+    list: "array",
+}
 
 
 class ProtocolError(InputError):
@@ -41,6 +55,18 @@ class PayloadTooLargeError(ProtocolError):
     """The request body is over the server's size limit (HTTP 413)."""
 
     status = 413
+
+
+class RequestTimeoutError(ProtocolError):
+    """The client did not send the request body in time (HTTP 408)."""
+
+    status = 408
+
+
+class UnsupportedMediaTypeError(ProtocolError):
+    """The request body is in a format the server does not read (HTTP 415)."""
+
+    status = 415
 
 
 @dataclass(frozen=True)
@@ -99,6 +125,11 @@ def decode_infer_request(body: bytes, header_length: int | None, signature: Mode
     offset = 0
     for item in inputs_json:
         spec, shape, params = _check_input_header(item, signature)
+        if element_count(shape) > len(body):
+            raise ProtocolError(
+                f"input '{spec.name}' has shape {list(shape)} of {element_count(shape)} elements, "
+                f"more than the {len(body)}-byte request can carry"
+            )
         if spec.name in inputs:
             raise ProtocolError(f"input '{spec.name}' appears twice in the request")
         if "binary_data_size" in params:
@@ -196,6 +227,10 @@ def _parse_json_object(raw: bytes | memoryview) -> dict[str, Any]:
         header = json.loads(bytes(raw))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"malformed JSON in the inference request: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(
+            "the inference request's JSON is nested too deeply; send tensor data as a flat list"
+        ) from None
     if not isinstance(header, dict):
         raise ProtocolError("the inference request must be a JSON object")
     return header
@@ -216,8 +251,13 @@ def _check_input_header(item: Any, signature: ModelSignature) -> tuple[TensorSpe
     if not isinstance(raw_shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw_shape
     ):
-        raise ProtocolError(f"input '{name}': shape must be a list of integers >= 0, got {raw_shape!r}")
+        raise ProtocolError(f"input '{name}': shape must be a list of integers >= 0, got {_clip(raw_shape)}")
     shape = tuple(raw_shape)
+    itemsize = numpy_dtype(spec.datatype).itemsize
+    if len(shape) > len(spec.shape) or math.prod(max(d, 1) for d in shape) * itemsize > MAX_TENSOR_BYTES:
+        raise ProtocolError(
+            f"input '{name}' has shape {_clip(raw_shape)}, the model expects {list(spec.shape)} (-1 = any size)"
+        )
     if not spec.accepts_shape(shape):
         raise ProtocolError(
             f"input '{name}' has shape {list(shape)}, the model expects {list(spec.shape)} (-1 = any size)"
@@ -237,20 +277,47 @@ def _array_from_binary(raw: memoryview, spec: TensorSpec, shape: tuple[int, ...]
 
 def _array_from_json(data: Any, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
     count = element_count(shape)
+    flat = _flatten(data, spec.name, shape)
+    if len(flat) != count:
+        raise ProtocolError(
+            f"input '{spec.name}' has {len(flat)} data elements, shape {list(shape)} needs {count}"
+        )
+    _check_json_types(flat, spec)
     try:
         if spec.datatype == "BYTES":
-            flat = [_as_bytes(x) for x in _flatten(data)]
             array = np.empty(len(flat), dtype=object)
-            array[:] = flat
+            array[:] = [x.encode("utf-8") for x in flat]
         else:
-            array = np.asarray(data, dtype=numpy_dtype(spec.datatype))
-    except (ValueError, TypeError, OverflowError) as exc:
+            array = np.asarray(flat, dtype=numpy_dtype(spec.datatype))
+    except (ValueError, TypeError, OverflowError, UnicodeEncodeError) as exc:
         raise ProtocolError(f"input '{spec.name}': data does not convert to {spec.datatype}: {exc}") from None
-    if array.size != count:
-        raise ProtocolError(
-            f"input '{spec.name}' has {array.size} data elements, shape {list(shape)} needs {count}"
-        )
     return array.reshape(shape)
+
+
+def _check_json_types(flat: list[Any], spec: TensorSpec) -> None:
+    """JSON element types must fit the datatype, as Triton checks: no strings as numbers, no 1 as true."""
+    datatype = spec.datatype
+    if datatype == "BYTES":
+        allowed: tuple[type, ...] = (str,)
+    elif datatype == "BOOL":
+        allowed = (bool,)
+    elif datatype.startswith("FP"):
+        allowed = (int, float)
+    else:  # INT* / UINT*
+        allowed = (int,)
+    wrong = set(map(type, flat)).difference(allowed)
+    if wrong:
+        found = ", ".join(sorted(_JSON_TYPE_NAMES.get(t, t.__name__) for t in wrong))
+        takes = " or ".join(_JSON_TYPE_NAMES[t] for t in allowed)
+        raise ProtocolError(
+            f"input '{spec.name}': data does not convert to {datatype}: JSON data of a {datatype} tensor "
+            f"takes {takes} values, found {found}"
+        )
+
+
+def _clip(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _requested_outputs(header: dict[str, Any], signature: ModelSignature) -> list[RequestedOutput]:
@@ -295,12 +362,21 @@ def _as_bytes(value: Any) -> bytes:
     raise TypeError(f"BYTES elements must be strings, got {type(value).__name__}")
 
 
-def _flatten(data: Any) -> Iterator[Any]:
-    if isinstance(data, list):
-        for item in data:
-            yield from _flatten(item)
-    else:
-        yield data
+def _flatten(data: Any, name: str, shape: tuple[int, ...]) -> list[Any]:
+    """Row-major elements of JSON ``data``: a flat list, or lists nested at most as deep as ``shape``."""
+    level = data if isinstance(data, list) else [data]
+    depth = 1
+    while any(isinstance(x, list) for x in level):
+        if depth >= max(len(shape), 1):
+            raise ProtocolError(
+                f"input '{name}': data is nested deeper than its shape {list(shape)}; "
+                "send a flat list or lists nested as the shape"
+            )
+        if not all(isinstance(x, list) for x in level):
+            raise ProtocolError(f"input '{name}': data mixes nested lists and values at one level")
+        level = list(itertools.chain.from_iterable(level))
+        depth += 1
+    return level
 
 
 def _split_bytes_elements(raw: bytes | memoryview) -> Iterator[bytes]:

@@ -12,7 +12,10 @@ Triton's protocol extensions ``binary_tensor_data`` and ``model_configuration``)
     GET  /metrics                             Prometheus text, Triton metric names
 
 Errors are ``{"error": "<one line>"}`` with 400 (bad request), 404 (unknown model/version/route),
-413 (body over the limit), 500 (inference failed) or 503 (shutting down). Inference runs in worker
+405 (method not allowed), 408 (body not sent in time), 413 (body over the limit), 415 (multipart body),
+500 (inference failed) or 503 (shutting down). A client that goes away is logged at debug level, in one
+line, and is not an inference failure. Headers must arrive within ``header_timeout_s`` and bodies within
+``body_timeout_s`` (ServeOptions), so slow clients cannot hold connections open. Inference runs in worker
 threads; the event loop only parses, queues and answers. Shutdown stops accepting connections, then
 lets in-flight requests finish (up to ``shutdown_timeout``) before the workers stop.
 """
@@ -34,6 +37,7 @@ from aiohttp import web
 from attn_deploy import __version__
 from attn_deploy.errors import AttnDeployError, ConfigError, InputError, ModelNotFoundError
 from attn_deploy.serve.batcher import batch_size_of
+from attn_deploy.serve.encoding import choose_encoding
 from attn_deploy.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from attn_deploy.serve.metrics import render_prometheus
 from attn_deploy.serve.model_pool import ModelPool, ServedModel, ServeOptions
@@ -41,6 +45,8 @@ from attn_deploy.serve.protocol import (
     HEADER_LENGTH,
     PayloadTooLargeError,
     ProtocolError,
+    RequestTimeoutError,
+    UnsupportedMediaTypeError,
     decode_infer_request,
     encode_infer_response,
     error_body,
@@ -51,6 +57,7 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "attn-deploy"
 EXTENSIONS = ("binary_tensor_data", "model_configuration")
+READABLE_CODINGS = ("identity", "gzip", "deflate")  # request Content-Encoding aiohttp decodes itself
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -73,7 +80,14 @@ def _status_of(exc: Exception) -> int:
 
 def _error_response(status: int, message: str) -> web.Response:
     one_line = " ".join(message.split()) or "internal server error"
-    return web.Response(status=status, body=error_body(one_line), content_type="application/json")
+    response = web.Response(status=status, body=error_body(one_line), content_type="application/json")
+    if status in (408, 413):
+        response.force_close()  # the rest of the body is not read: this connection cannot carry another
+    return response
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _json_response(obj: Any) -> web.Response:
@@ -88,9 +102,20 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _error_response(exc.status, f"{exc.reason}: {request.method} {request.path}")
+        response = _error_response(exc.status, _clip(f"{exc.reason}: {request.method} {request.path}"))
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except AttnDeployError as exc:
         return _error_response(_status_of(exc), str(exc))
+    except asyncio.CancelledError:
+        log.debug("client went away during %s %s", request.method, _clip(request.path))
+        raise
+    except ConnectionError as exc:  # the client went away; nobody reads this response
+        log.debug(
+            "client went away during %s %s (%s)", request.method, _clip(request.path), type(exc).__name__
+        )
+        return _error_response(499, "client closed the connection")
     except Exception as exc:
         log.exception("inference request failed")
         lines = str(exc).strip().splitlines()
@@ -163,10 +188,29 @@ class V2Server:
         )
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             raise too_large
+        if request.content_type.startswith("multipart/"):
+            raise UnsupportedMediaTypeError(
+                f"Content-Type {request.content_type} is not supported; send the inference request as "
+                "application/json (application/octet-stream with binary tensors)"
+            )
+        coding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if coding not in READABLE_CODINGS:
+            raise UnsupportedMediaTypeError(
+                f"Content-Encoding {_clip(coding, 40)!r} is not supported; send gzip, deflate or no encoding"
+            )
+        timeout = self.pool.options.body_timeout_s
         try:
-            return await request.read()
+            async with asyncio.timeout(timeout):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise too_large from None
+        except web.RequestPayloadError as exc:  # a body that does not decode or ends early
+            message = " ".join(str(exc).split()).removeprefix("400, message: ")
+            raise ProtocolError(f"cannot read the request body: {message}") from None
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"request body not received within {timeout:g} s; send the whole body promptly"
+            ) from None
 
     async def _infer(self, request: web.Request) -> web.Response:
         model = self._model(request)
@@ -176,10 +220,13 @@ class V2Server:
             body = await self._read_body(request)
             header_length = parse_header_length(request.headers.get(HEADER_LENGTH))
             decoded = decode_infer_request(body, header_length, model.signature)
+            model.check_inputs(decoded.inputs)
             result = await model.infer(decoded.inputs)
             payload, response_header_length = encode_infer_response(
                 model.name, model.version, result.outputs, decoded.outputs, decoded.id
             )
+        except ConnectionError:
+            raise  # the client went away: not a failed inference (the middleware logs one debug line)
         except Exception:
             model.metrics.record_failure((time.perf_counter() - started) * 1e6)
             raise
@@ -194,13 +241,26 @@ class V2Server:
                 content_type="application/octet-stream",
                 headers={HEADER_LENGTH: str(response_header_length)},
             )
-        if request.headers.get("Accept-Encoding"):
-            response.enable_compression()  # gzip/deflate as Accept-Encoding asks; tritonclient decodes both
+        coding = choose_encoding(request.headers.get("Accept-Encoding"))
+        if coding is not None:
+            response.enable_compression(coding)  # tritonclient decodes gzip and deflate
         return response
 
     async def start(self, host: str = "127.0.0.1", port: int = 8000) -> int:
         """Listen on ``host:port`` (port 0: any free port); returns the bound port."""
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.shutdown_timeout)
+        options = self.pool.options
+        runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            shutdown_timeout=self.shutdown_timeout,
+            # aiohttp closes a connection still waiting for (the rest of) a request's headers this long
+            # after it opened or after its previous response: the header timeout, which also ends idle
+            # keep-alive connections. Request line and each header field are capped at 8 KiB.
+            keepalive_timeout=options.header_timeout_s,
+            lingering_time=min(10.0, options.body_timeout_s),
+            max_line_size=8190,
+            max_field_size=8190,
+        )
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         try:
