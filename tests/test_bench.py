@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from attn_deploy import machine
 from attn_deploy.attention import list_attention
 from attn_deploy.bench.attention_cost import attention_table, resolve_attentions
 from attn_deploy.bench.backends import BenchTarget, parse_choices
@@ -166,7 +167,10 @@ def test_cli_json_schema_and_report_on_a_tiny_run(tmp_path: Path) -> None:
         [64, 64],
         physical_cores(),
     )
-    assert {"cpu", "physical_cores", "memory_gib", "load_average", "versions"} <= set(doc["machine"])
+    assert {"cpu", "isa", "physical_cores", "memory_gib", "load_average", "versions"} <= set(doc["machine"])
+    assert (
+        doc["machine"]["isa"] == machine.describe_cpu()["isa"]
+    )  # one reader for bench, manifests and validation
     results = {r["backend"]: r for r in doc["results"]}
     assert set(results) == {"torch", "ort", "ort-naive"}
     for r in results.values():
@@ -302,3 +306,17 @@ def test_torch_cuda_call_reports_gpu_compute_time(cuda_graph: bool) -> None:
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
     call = TorchCudaCall(model, torch.from_numpy(np.ones((1, 3, 32, 32), np.float32)), cuda_graph)
     assert all(call() > 0 for _ in range(3))
+
+
+def test_isa_features_from_cpuinfo(tmp_path: Path, monkeypatch) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "model name\t: AMD EPYC\nflags\t\t: fpu sse2 fma f16c avx2 avx512f avx512_vnni sha_ni\n"
+    )
+    monkeypatch.setattr(machine, "CPUINFO", cpuinfo)
+    assert machine.isa_features() == ["avx2", "avx512f", "avx512_vnni", "f16c", "fma"]  # ISA_FEATURES' order
+    assert machine.describe_cpu()["cpu"] == "AMD EPYC"
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp\n")  # Arm: none of the x86 features
+    assert machine.isa_features() == []
+    monkeypatch.setattr(machine, "CPUINFO", tmp_path / "missing")  # macOS, Windows: unknown, not "none"
+    assert machine.isa_features() is None and machine.describe_cpu()["cpu"]

@@ -1,4 +1,4 @@
-"""A description of the machine a benchmark ran on: CPU, cores, memory, GPU, load, library versions."""
+"""A description of the machine a benchmark ran on: CPU and its ISA features, cores, memory, GPU, load, versions."""
 
 from __future__ import annotations
 
@@ -9,18 +9,7 @@ from typing import Any
 
 from attn_deploy.bench.timing import physical_cores
 from attn_deploy.export.manifest import library_versions
-
-
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from attn_deploy.machine import describe_cpu
 
 
 def memory_gib() -> float | None:
@@ -51,11 +40,11 @@ def gpu_name() -> str | None:
 
 
 def describe_machine(threads: int | None = None) -> dict[str, Any]:
-    """The ``machine`` block of benchmark results."""
+    """The ``machine`` block of benchmark results: :func:`attn_deploy.machine.describe_cpu` and more."""
     import onnxruntime
 
     return {
-        "cpu": cpu_model(),
+        **describe_cpu(),
         "physical_cores": physical_cores(),
         "logical_cpus": os.cpu_count(),
         "memory_gib": memory_gib(),

@@ -9,6 +9,7 @@ from typing import Any
 
 from attn_deploy.export.pipeline import ExportResult
 from attn_deploy.fsutil import sha256_file
+from attn_deploy.machine import describe_cpu
 
 SCHEMA_VERSION = 1
 _VERSIONED = ("torch", "onnx", "onnxruntime", "onnxslim", "onnxscript")
@@ -67,6 +68,7 @@ def build_manifest(
         "onnx": result.path.name,
         "sha256": sha256_file(result.path),
         "opset": result.opset,
+        "exporter": result.exporter,
         "inputs": result.inputs,
         "outputs": result.outputs,
         "dynamic": {"batch": dynamic_batch, "hw": dynamic_hw},
@@ -77,6 +79,7 @@ def build_manifest(
         "tensorrt_lint": [str(issue) for issue in result.lint],
         "parity": parity_dict(result),
         "versions": library_versions(),
+        "machine": describe_cpu(),  # INT8/FP16 numerics depend on the CPU's kernels (attn_deploy.machine)
         "preprocess": preprocess,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "export_seconds": round(result.seconds, 2),

@@ -31,6 +31,7 @@ from attn_deploy.config import ExportConfig, Tolerances, find_config, load_confi
 from attn_deploy.data.preprocess import PreprocessSpec, list_images, load_image
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.errors import ConfigError, InputError
+from attn_deploy.machine import describe_cpu
 from attn_deploy.report import fmt, markdown_table
 from attn_deploy.validate.classification import top1_agreement
 from attn_deploy.validate.detection import anchor_box_agreement, box_agreement
@@ -70,6 +71,7 @@ class ValidationReport:
     checks: list[Check]
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    machine: dict[str, Any] = field(default_factory=describe_cpu)  # the CPU whose kernels ran the graph
 
     @property
     def passed(self) -> bool:
