@@ -524,13 +524,50 @@ def test_unknown_routes_and_methods(server: BackgroundServer) -> None:
         (["--body-timeout", "nan"], "--body-timeout: must be a number of seconds > 0"),
     ],
 )
-def test_serve_cli_rejects_bad_flags_in_one_line(tmp_path: Path, flags: list[str], fragment: str) -> None:
+def test_serve_cli_rejects_bad_flags_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], fragment: str
+) -> None:
+    from attn_deploy.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["serve", str(tmp_path), *flags])
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], lines
+
+
+def test_serve_command_exits_2_with_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "attn_deploy.cli", "serve", str(tmp_path), *flags],
+        [sys.executable, "-m", "attn_deploy.cli", "serve", str(tmp_path), "--port", "70000"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert result.stderr.strip() == (
+        "error: argument --port: must be an integer 0-65535 (0: any free port), got 70000 "
+        "(see attn-deploy serve --help)"
+    )
+
+
+@pytest.mark.parametrize(
+    "raw_bytes",
+    [
+        b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 10_000 + b"\r\n\r\n",  # header over 8 KiB
+        b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # request line over 8 KiB
+        b"POST /v2/models/tiny-gate/infer HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"POST /v2/models/tiny-gate/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n",  # TLS on the HTTP port
+    ],
+)
+def test_unparseable_http_is_400_with_one_log_line(
+    server: BackgroundServer, caplog: pytest.LogCaptureFixture, raw_bytes: bytes
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(raw_bytes)
+        _, received = _seconds_until_closed(sock)
+    assert received.startswith(b"HTTP/1.0 400") or received.startswith(b"HTTP/1.1 400")
+    assert _server_log_problems(caplog.records) == []
+    _still_serving(server)

@@ -9,13 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from aiohttp.web import ContentCoding
 from google.protobuf import text_format
 from tritonclient.http import InferInput, InferResult
 
 from attn_deploy.serve.batcher import MicroBatcher
 from attn_deploy.serve.dtypes import V2_DATATYPES, numpy_dtype
+from attn_deploy.serve.encoding import choose_encoding, parse_accept_encoding
 from attn_deploy.serve.metrics import ModelMetrics, render_prometheus
 from attn_deploy.serve.model_config import build_model_config, to_pbtxt
+from attn_deploy.serve.model_pool import ImageSizeRule
 from attn_deploy.serve.protocol import (
     ProtocolError,
     RequestedOutput,
@@ -264,3 +267,85 @@ def test_prometheus_text_uses_triton_names_and_labels() -> None:
     assert 'nv_inference_exec_count{model="yolov8s-eca",version="1"} 1' in text
     assert 'nv_inference_request_duration_us{model="yolov8s-eca",version="1"} 260' in text
     assert 'nv_inference_queue_duration_us{model="yolov8s-eca",version="1"} 20' in text
+
+
+def _typed_request(datatype: str, data: list) -> tuple[bytes, ModelSignature]:
+    sig = ModelSignature((TensorSpec("x", datatype, (-1, 2)),), (TensorSpec("y", datatype, (-1, 2)),))
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": datatype, "data": data}]})
+    return body.encode(), sig
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "found"),
+    [
+        ("FP32", ["1.5", 2.0], "string"),
+        ("FP32", [True, 2.0], "boolean"),
+        ("FP16", [None, 2.0], "null"),
+        ("FP64", [{"a": 1}, 2.0], "object"),
+        ("INT64", [1, "2"], "string"),
+        ("INT32", [1, False], "boolean"),
+        ("UINT8", [1, 2.5], "float"),
+        ("BOOL", [1, 0], "integer"),
+        ("BOOL", ["true", False], "string"),
+        ("BYTES", ["a", 1], "integer"),
+        ("BYTES", ["a", True], "boolean"),
+    ],
+)
+def test_json_data_of_the_wrong_type_is_refused(datatype: str, data: list, found: str) -> None:
+    body, sig = _typed_request(datatype, data)
+    with pytest.raises(ProtocolError) as info:
+        decode_infer_request(body, None, sig)
+    assert f"input 'x': data does not convert to {datatype}" in str(info.value)
+    assert f"found {found}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data"),
+    [
+        ("FP32", [1, 2.5]),
+        ("INT8", [-3, 4]),
+        ("BOOL", [True, False]),
+        ("BYTES", ["a", "é"]),
+        ("FP16", [[1, 2]]),
+    ],
+)
+def test_json_data_of_the_right_type_decodes(datatype: str, data: list) -> None:
+    body, sig = _typed_request(datatype, data)
+    flat = data[0] if isinstance(data[0], list) else data
+    got = decode_infer_request(body, None, sig).inputs["x"]
+    expected = [x.encode() for x in flat] if datatype == "BYTES" else flat
+    assert got.shape == (1, 2) and got.ravel().tolist() == expected
+
+
+def test_deep_or_ragged_json_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        decode_infer_request(b"[" * 100_000, None, SIG)
+    body, sig = _typed_request("FP32", [[[1.0, 2.0]]])  # rank 2, nested 3 deep
+    with pytest.raises(ProtocolError, match="nested deeper than its shape"):
+        decode_infer_request(body, None, sig)
+    body, sig = _typed_request("FP32", [[1.0], 2.0])
+    with pytest.raises(ProtocolError, match="mixes nested lists and values"):
+        decode_infer_request(body, None, sig)
+
+
+def test_accept_encoding_parsing() -> None:
+    assert parse_accept_encoding("gzip;q=0.5, DEFLATE, br;q=x") == {"gzip": 0.5, "deflate": 1.0, "br": 0.0}
+    assert choose_encoding(None) is None and choose_encoding("") is None
+    assert choose_encoding("gzip;q=0") is None
+    assert choose_encoding("gzip;q=0.1, deflate;q=0.5") == ContentCoding.deflate
+    assert choose_encoding("*;q=0.3, gzip;q=0") == ContentCoding.deflate
+    assert choose_encoding("identity;q=1, gzip;q=0.9") is None
+    assert choose_encoding("gzip;q=2") is None  # out of range: not acceptable
+
+
+def test_image_size_rule_from_manifests_old_and_new() -> None:
+    assert ImageSizeRule.from_manifest({}) == ImageSizeRule()
+    assert ImageSizeRule.from_manifest({"preprocess": None}) == ImageSizeRule()
+    rule = ImageSizeRule.from_manifest({"preprocess": {"kind": "letterbox", "stride": 32, "min_size": 64}})
+    assert rule == ImageSizeRule(stride=32, min_size=64)
+    assert ImageSizeRule.from_manifest({"preprocess": {"stride": "32", "min_size": True}}) == ImageSizeRule()
+    rule.check("images", 64, 96)
+    with pytest.raises(ProtocolError, match=r"must be multiples of 32 for this model; .* e.g. 96x128"):
+        rule.check("images", 65, 100)
+    with pytest.raises(ProtocolError, match="must be at least 64"):
+        rule.check("images", 32, 64)

@@ -128,8 +128,9 @@ class ServedModel:
                 raise
             shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in feed.items())
             raise ProtocolError(
-                f"model '{self.name}' cannot run inputs of shape {shapes} (exported at "
-                f"{self.artifact.manifest.get('export_shape')}): {exception_summary(exc)}"
+                f"model '{self.name}' cannot run inputs of shape {shapes}: {exception_summary(exc)}; "
+                f"it was exported and verified at {self.artifact.manifest.get('export_shape')}, "
+                "send that size or one the model supports"
             ) from None
         return dict(zip(self.runner.output_names, outputs, strict=True))
 

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from attn_deploy import __version__
 from attn_deploy.errors import AttnDeployError, ConfigError, InputError, ModelNotFoundError
@@ -60,6 +61,22 @@ EXTENSIONS = ("binary_tensor_data", "model_configuration")
 READABLE_CODINGS = ("identity", "gzip", "deflate")  # request Content-Encoding aiohttp decodes itself
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _OneLineBadHttp(logging.Filter):
+    """aiohttp answers a request it cannot parse (no Host, 8 KiB header line, bad Content-Length, TLS on
+    the HTTP port, ...) with 400 itself, and logs a traceback at ERROR: the client's fault, so one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.msg}: {_clip(' '.join(str(exc.message).split()))}"
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_BAD_HTTP_FILTER = _OneLineBadHttp()
 
 
 class ServerUnavailableError(AttnDeployError):
@@ -262,6 +279,7 @@ class V2Server:
             max_field_size=8190,
         )
         await runner.setup()
+        logging.getLogger("aiohttp.server").addFilter(_BAD_HTTP_FILTER)  # once: filters are a set
         site = web.TCPSite(runner, host, port)
         try:
             await site.start()
