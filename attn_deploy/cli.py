@@ -2,18 +2,25 @@
 
 Each sub-command lives in ``attn_deploy/commands/<name>.py`` and exposes ``register(subparsers)``,
 which adds its parser and sets ``func`` (called with the parsed arguments, returns an exit code).
+
+Exit codes: 0 done, 1 a check failed, 2 a user error (one red line: an ``AttnDeployError``, or the system
+refusing a file (``OSError``: permissions, a file where a folder belongs, a full disk) or memory), 128 + signal
+when interrupted (130 for Ctrl-C; see :func:`attn_deploy.fsutil.exit_on_signals`). Any other exception is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from rich.console import Console
 from rich.markup import escape
 
 from attn_deploy.errors import AttnDeployError
+from attn_deploy.fsutil import exit_on_signals
 
 COMMAND_MODULES = ("list_models", "export", "validate", "bench", "serve", "triton_repo")
 
@@ -34,16 +41,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``attn-deploy`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except AttnDeployError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        return 2
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
-        return 130
+    with exit_on_signals(announce_interrupt):  # first: building the parser imports torch, seconds long
+        args = build_parser().parse_args(argv)
+        try:
+            return int(args.func(args) or 0)
+        except AttnDeployError as exc:
+            return fail(str(exc))
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            return fail(
+                f"{exc.strerror or exc}{where}; check the path, its permissions and the free disk space"
+            )
+        except MemoryError:
+            return fail("out of memory; use a smaller --imgsz, --batch or --images")
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            return 130
+
+
+def fail(message: str) -> int:
+    """Print ``message`` as one red error line; the exit code of a user error (2)."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return 2
+
+
+def announce_interrupt(signum: int) -> None:
+    """The one line printed when a signal ends a command (staging is already removed)."""
+    from attn_deploy.commands.progress import console
+
+    if console.is_terminal:  # end the progress display's line, show the cursor it hid
+        console.line()
+        console.show_cursor(True)
+    err_console.print(
+        f"[yellow]interrupted ({signal.Signals(signum).name}); nothing half-written was left[/]"
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import yaml
 
 from attn_deploy.errors import ConfigError
+from attn_deploy.fsutil import check_name
 
 Precision = Literal["fp32", "fp16", "int8"]
 Runtime = Literal["onnxruntime", "tensorrt"]
@@ -188,10 +189,8 @@ class ExportConfig:
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
 
     def __post_init__(self) -> None:
-        _check(
-            17 <= self.opset <= 20, "opset", self.opset, "17..20 (GroupNormalization-21 breaks TensorRT 10)"
-        )
-        _check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name without '/'")
+        check_opset(self.opset)
+        check_name(self.name, "name")  # the target folder engines/<model>/<name>
         if self.runtime == "tensorrt" and self.precision == "int8":
             # TensorRT explicit quantization takes signed INT8 with zero point 0 only.
             _check(
@@ -220,6 +219,12 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}: {value!r} is not allowed; use {allowed}")
 
 
+def check_opset(opset: int, key: str = "opset") -> int:
+    """``opset`` if TensorRT and ONNX Runtime both take it (17..20), else a one-line ``ConfigError``."""
+    _check(17 <= opset <= 20, key, opset, "17..20 (GroupNormalization-21 breaks TensorRT 10)")
+    return opset
+
+
 def default_cache_dir(kind: str) -> Path:
     """``$XDG_CACHE_HOME/attn-deploy/<kind>`` (``~/.cache`` when unset)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -234,6 +239,8 @@ def find_config(name_or_path: str | os.PathLike[str]) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ConfigError(f"config '{path}' is a folder; give a YAML file, e.g. export_configs/ort-fp16.yaml")
     for folder in (Path.cwd() / "export_configs", PACKAGE_CONFIG_DIR):
         for candidate in (folder / path.name, folder / f"{path.name}.yaml"):
             if candidate.is_file():
@@ -276,6 +283,12 @@ def _read_merged(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(f"{seen[-1] if seen else path}: extends a missing file {str(path)!r}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a UTF-8 text file; give a YAML config") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {path} ({exc.strerror or exc}); check the path and its permissions"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -327,7 +340,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
     if unknown:
-        raise ConfigError(f"unknown key {prefix + unknown[0]!r}; allowed: {', '.join(names)}")
+        raise ConfigError(f"unknown key {prefix + str(unknown[0])!r}; allowed: {', '.join(names)}")
     kwargs = {key: _convert(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
     try:
         return cls(**kwargs)
@@ -401,6 +414,8 @@ def resolve_export_config(
     agree with the config. ``--dynamic`` on a static config makes both axes dynamic and names the target
     ``<name>-dynamic``. ``--calib-method`` and ``--calib-dir`` need an INT8 target.
     """
+    if opset is not None:
+        check_opset(opset, "--opset")
     if config is None and precision is None:
         if calib_method or calib_dir:
             raise ConfigError("--calib-method/--calib-dir need --precision int8 or an int8 --config")

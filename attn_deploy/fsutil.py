@@ -1,15 +1,206 @@
-"""Atomic file writes: write to a temporary file in the same directory, then rename."""
+"""Safe file writes: checked names, atomic writes, staging that neither a crash nor Ctrl-C leaves behind.
+
+* :func:`check_name`: the one validator of every name that becomes a file or folder (config, model, target).
+* :func:`atomic_path` / :func:`staging`: write to a hidden ``.<name>.<kind>-<pid>-XXXXXXXX[.tmp]`` entry next to
+  the target, then rename. The creating process id is in the name: the next staging in the same folder removes
+  those of dead processes (a SIGKILL), never a live process's.
+* :func:`exit_on_signals`: SIGINT / SIGTERM end the process at once with status 128 + signal, after removing
+  this process's staging; :func:`critical_section` defers them while directories are swapped.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
+import shutil
+import signal
+import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import FrameType
 from typing import Any
+
+from attn_deploy.errors import AttnDeployError, ConfigError
+
+NAME_MAX = 100
+"""Longest name :func:`check_name` accepts (file systems allow 255 bytes; staging adds a prefix and suffix)."""
+_FORBIDDEN = {"/": "'/'", "\\": "'\\'", "\0": "NUL"}
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>new|old|tmp)-(?P<pid>\d+)-[a-z0-9_]+(\.tmp)?$")
+_active: set[Path] = set()  # this process's staging entries, removed when a signal ends it
+_critical = 0  # depth of critical_section blocks
+_pending: list[int] = []  # signals that arrived inside one
+_announce: Callable[[int], None] | None = None  # set by exit_on_signals
+
+
+def check_name(
+    name: object,
+    what: str,
+    error: type[AttnDeployError] = ConfigError,
+    fix: str = "use one name of letters, digits, '-', '_' or '.', e.g. ort-fp32",
+) -> str:
+    """``name`` when it is safe as one file or folder name, else ``error`` (one line naming ``what``, ``fix``).
+
+    Safe: a printable string of 1..NAME_MAX characters, one path component (no '/', '\\', NUL), not '.' or
+    '..', and not hidden (a leading '.', which staging entries use).
+    """
+    problem = _name_problem(name)
+    if problem:
+        raise error(f"{what} {name!r} cannot be a file or folder name ({problem}); {fix}")
+    return str(name)
+
+
+def _name_problem(name: object) -> str | None:
+    if not isinstance(name, str) or not name:
+        return "it is empty or not text"
+    if len(name) > NAME_MAX:
+        return f"it is longer than {NAME_MAX} characters"
+    found = [label for char, label in _FORBIDDEN.items() if char in name]
+    if found:
+        return f"it contains {found[0]}"
+    if name in (".", ".."):
+        return "it names a folder itself or its parent"
+    if name.startswith("."):
+        return "it starts with '.'"
+    if not name.isprintable():
+        return "it holds non-printable characters"
+    return None
+
+
+def check_writable_dir(folder: str | os.PathLike[str], what: str = "--out") -> Path:
+    """``folder`` if it is, or can be created as, a folder this user writes to; else a one-line ``ConfigError``
+    naming the option ``what`` (a file in the way, a parent that is a file or not writable)."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        where = "it is a file" if existing == folder else f"'{existing}' is a file"
+        raise ConfigError(f"{what} '{folder}' cannot be a folder: {where}; choose another {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} '{folder}': '{existing}' is not writable; choose another {what}")
+    return folder
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a name this module wrote: leave it alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with suppress(OSError):
+            path.unlink(missing_ok=True)
+
+
+def remove_stale_staging(parent: Path) -> None:
+    """Remove the staging entries of dead processes in ``parent``. A directory that a dead process had moved
+    aside (``.<name>.old-<pid>-*``) goes back to ``<name>`` when its replacement never arrived."""
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        match = _STAGING.match(entry.name)
+        if not match or _pid_alive(int(match["pid"])):
+            continue
+        kept, final = entry / match["name"], parent / match["name"]
+        if match["kind"] == "old" and os.path.lexists(kept) and not os.path.lexists(final):
+            with suppress(OSError):
+                os.replace(kept, final)
+        _remove(entry)
+
+
+def staging_prefix(name: str, kind: str) -> str:
+    """Prefix of this process's staging entry of ``name``: ``.<name>.<kind>-<pid>-`` (kind: new, old, tmp)."""
+    return f".{name}.{kind}-{os.getpid()}-"
+
+
+@contextmanager
+def staging(parent: Path, name: str, *, directory: bool) -> Iterator[Path]:
+    """A new empty hidden file (or directory) in ``parent`` that stands in for ``name`` until renamed onto it;
+    removed on exit if still there, and when a signal ends the process. Stale staging of dead processes in
+    ``parent`` is removed first."""
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(parent)
+    prefix = staging_prefix(name, "new" if directory else "tmp")
+    if directory:
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    else:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=parent)
+        os.close(fd)
+        path = Path(tmp)
+    _active.add(path)
+    try:
+        yield path
+    finally:
+        _remove(path)
+        _active.discard(path)
+
+
+@contextmanager
+def critical_section() -> Iterator[None]:
+    """A signal handled by :func:`exit_on_signals` waits until this block ends (a swap is never cut in half)."""
+    global _critical
+    _critical += 1
+    try:
+        yield
+    finally:
+        _critical -= 1
+        if not _critical and _pending:
+            _exit_now(_pending[0])
+
+
+@contextmanager
+def exit_on_signals(announce: Callable[[int], None]) -> Iterator[None]:
+    """While active (main thread only), SIGINT and SIGTERM end the process at once: this process's staging is
+    removed, ``announce(signum)`` prints, and the exit status is 128 + signum (130 for Ctrl-C).
+
+    No exception unwinds through torch's or ONNX Runtime's C++ code, which can abort (SIGABRT) instead.
+    A program that handles the signals itself (the server's event loop) replaces the handler meanwhile.
+    """
+    global _announce
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if _critical:
+            _pending.append(signum)
+        else:
+            _exit_now(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _announce = announce
+    try:
+        yield
+    finally:
+        _announce = None
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _exit_now(signum: int) -> None:
+    for path in list(_active):
+        _remove(path)
+    if _announce is not None:
+        with suppress(Exception):
+            _announce(signum)
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            stream.flush()
+    os._exit(128 + signum)
 
 
 def _current_umask() -> int:
@@ -27,16 +218,10 @@ DIR_MODE = 0o777 & ~_current_umask()
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
+    with staging(target.parent, target.name, directory=False) as tmp_path:
         yield tmp_path
         os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, target)
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

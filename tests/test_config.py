@@ -82,6 +82,11 @@ def test_extends_merges_deeply_and_never_inherits_the_name(tmp_path: Path):
         ("extends: nowhere.yaml\n", "extends a missing file"),
         ("precision: [fp16\n", "is not valid YAML"),
         ("- a list\n", "the top level must be a mapping"),
+        ('name: "."\n', "name '.' cannot be a file or folder name"),
+        ('name: ".."\n', "name '..' cannot be a file or folder name"),
+        ("name: a/b\n", "name 'a/b' cannot be a file or folder name (it contains '/')"),
+        ("name: .hidden\n", "it starts with '.'"),
+        ("1: 2\n", "unknown key '1'"),
     ],
 )
 def test_bad_configs_fail_in_one_line(tmp_path: Path, text: str, message: str):
@@ -92,6 +97,22 @@ def test_bad_configs_fail_in_one_line(tmp_path: Path, text: str, message: str):
     assert message in str(info.value)
     assert "\n" not in str(info.value)
     assert str(path) in str(info.value)
+
+
+def test_unreadable_config_files_fail_in_one_line(tmp_path: Path):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00name: x")
+    with pytest.raises(ConfigError, match=r"binary\.yaml is not a UTF-8 text file"):
+        load_config(binary)
+    with pytest.raises(ConfigError, match=r"is a folder; give a YAML file"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize("opset", [5, 16, 21, 99, -1])
+def test_opset_is_checked_with_and_without_a_config(opset: int):
+    for config in (None, "ort-fp16"):
+        with pytest.raises(ConfigError, match=rf"--opset: {opset} is not allowed; use 17\.\.20"):
+            resolve_export_config(config, opset=opset)
 
 
 def test_extends_cycle_is_reported(tmp_path: Path):

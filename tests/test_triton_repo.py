@@ -3,6 +3,7 @@ agrees with the ONNX signature as onnxruntime reads it."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -104,3 +105,31 @@ def test_same_model_twice_is_a_clear_error(artifacts: dict[str, Path], tmp_path:
     with pytest.raises(ConfigError, match="several artifacts are model tiny-gate"):
         write_triton_repository([artifacts["dynamic"], copy], tmp_path / "repo")
     assert main(["triton-repo", str(artifacts["dynamic"]), str(copy), "--out", str(tmp_path / "repo")]) == 2
+
+
+@pytest.mark.parametrize("name", ["../escaped", "..", ".hidden", "a/b"])
+def test_a_model_name_never_escapes_the_repository(
+    artifacts: dict[str, Path], tmp_path: Path, name: str, capsys
+) -> None:
+    forged = tmp_path / "forged"
+    shutil.copytree(artifacts["dynamic"], forged)
+    manifest = json.loads((forged / "manifest.json").read_text())
+    (forged / "manifest.json").write_text(json.dumps({**manifest, "model": name}))
+    repo = tmp_path / "deep" / "repo"
+    assert main(["triton-repo", str(forged), "--out", str(repo)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be a file or folder name" in err and "Traceback" not in err
+    assert not (tmp_path / "deep").exists() and not (tmp_path / "escaped").exists()
+
+
+def test_a_bad_out_or_option_writes_nothing(artifacts: dict[str, Path], tmp_path: Path, capsys) -> None:
+    (tmp_path / "file").write_text("x")
+    for extra, needle in (
+        (["--out", str(tmp_path / "file")], "is a file"),
+        (["--out", str(tmp_path / "file" / "repo")], "is a file"),
+        (["--out", str(tmp_path / "repo"), "--max-batch", "-1"], "--max-batch must be 0..256"),
+        (["--out", str(tmp_path / "repo"), "--max-delay-ms", "nan"], "--max-delay-ms must be"),
+    ):
+        assert main(["triton-repo", str(artifacts["dynamic"]), *extra]) == 2
+        assert needle in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -7,6 +7,7 @@ attn-deploy bench --arch yolov8s --attention all          # every attention vs n
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -17,6 +18,8 @@ from attn_deploy.commands.progress import console, progress_display
 from attn_deploy.report import fmt
 
 DEFAULT_BACKENDS = "torch,ort,ort-naive"
+MAX_RUNS = 10_000
+MAX_WARMUP_S = 600.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -98,6 +101,31 @@ def print_table(data: object) -> None:
         console.print(f"[dim]{escape(note)}[/]", highlight=False)
 
 
+def check_options(args: argparse.Namespace, names: list[str]) -> None:
+    """Bounds of the sizes, timing options and output paths: one-line errors before any model is built."""
+    from attn_deploy.errors import ConfigError
+    from attn_deploy.export.zoo import parse_imgsz
+    from attn_deploy.fsutil import check_writable_dir
+    from attn_deploy.models import model_spec
+    from attn_deploy.models.registry import check_count
+
+    for name in names:
+        check_count(args.batch, parse_imgsz(args.imgsz, model_spec(name)), "--batch")
+    if not 1 <= args.runs <= MAX_RUNS:
+        raise ConfigError(f"--runs must be 1..{MAX_RUNS}, got {args.runs}")
+    if not 0 <= args.warmup_s <= MAX_WARMUP_S:  # also refuses nan
+        raise ConfigError(f"--warmup-s must be 0..{MAX_WARMUP_S:g} seconds, got {args.warmup_s}")
+    cores = os.cpu_count() or 1
+    if args.threads is not None and not 1 <= args.threads <= cores:
+        raise ConfigError(f"--threads must be 1..{cores} (the CPU count), got {args.threads}")
+    if args.json:
+        if os.path.isdir(args.json):
+            raise ConfigError(f"--json '{args.json}' is a folder; give a file path, e.g. bench.json")
+        check_writable_dir(os.path.dirname(os.path.abspath(args.json)), "--json")
+    if args.out:
+        check_writable_dir(args.out)
+
+
 def run(args: argparse.Namespace) -> int:
     """Parse the options (fast, one-line errors), run the benchmark, print and write the reports."""
     from attn_deploy.bench import render
@@ -118,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
         names = [f"{arch}-{a}" for a in resolve_attentions(args.attention or "all")]
     else:
         names = [model_spec(args.model).name]
+    check_options(args, names)
+    claims = load_claims(args.seed_claims) if arch else None
     title = arch or names[0]
     with bench_progress(f"bench {title}") as (on_stage, on_timing_start, on_call):
         result = bench_models(
@@ -143,8 +173,7 @@ def run(args: argparse.Namespace) -> int:
     rows, seed = [], None
     if arch:
         rows = attention_table(result, arch)
-        claims = load_claims(args.seed_claims)
-        seed = compare_with_seed(rows, arch, claims) if claims.for_arch(arch) else None
+        seed = compare_with_seed(rows, arch, claims) if claims and claims.for_arch(arch) else None
         print_table(render.attention_cost_table(rows, arch, result.batch))
         if seed is not None:
             print_table(render.seed_table(seed))

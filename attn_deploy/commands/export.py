@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Export and print the summary."""
     from attn_deploy.config import resolve_export_config
-    from attn_deploy.data.preprocess import list_images
+    from attn_deploy.data.preprocess import check_image_dir
     from attn_deploy.export.zoo import export_zoo_model
 
     config = resolve_export_config(
@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
         calib_method=args.calib_method,
         calib_dir=args.calib_dir,
     )
-    if args.calib_dir:
-        list_images(args.calib_dir)  # a missing or empty folder fails now, not after the export
+    if args.calib_dir and config is not None:  # a missing folder or a bad image fails now, not after the export
+        check_image_dir(args.calib_dir, config.int8.num_images)
     with stage_progress(f"export {args.model}") as on_stage:
         artifact, result = export_zoo_model(
             args.model,

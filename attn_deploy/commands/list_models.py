@@ -23,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     from attn_deploy.models import create_model, list_models, model_spec
     from attn_deploy.models.profile import count_gflops, count_params
 
-    names = [n for n in list_models() if args.arch is None or model_spec(n).arch == args.arch]
+    arch = model_spec(args.arch).arch if args.arch is not None else None  # unknown: a one-line error
+    names = [n for n in list_models() if arch is None or model_spec(n).arch == arch]
     table = Table(title="attn-deploy model zoo")
     for col in ("model", "task", "attention", "input", "params (M)", "GFLOPs"):
         table.add_column(col, justify="right" if col in ("params (M)", "GFLOPs") else "left")

@@ -8,6 +8,8 @@ from rich.table import Table
 
 from attn_deploy.commands.progress import console
 
+MAX_DELAY_MS = 10_000.0
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the sub-command's parser."""
@@ -44,7 +46,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the repository and print what went where."""
+    from attn_deploy.errors import ConfigError
+    from attn_deploy.fsutil import check_writable_dir
+    from attn_deploy.models.registry import MAX_BATCH
     from attn_deploy.serve.triton_repo import write_triton_repository
+
+    if not 0 <= args.max_batch <= MAX_BATCH:
+        raise ConfigError(f"--max-batch must be 0..{MAX_BATCH} (0 turns batching off), got {args.max_batch}")
+    if not 0 <= args.max_delay_ms <= MAX_DELAY_MS:  # also refuses nan
+        raise ConfigError(f"--max-delay-ms must be 0..{MAX_DELAY_MS:g}, got {args.max_delay_ms}")
+    check_writable_dir(args.out)
 
     written = write_triton_repository(
         args.artifacts,

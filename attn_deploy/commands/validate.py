@@ -12,7 +12,10 @@ from rich.table import Table
 from attn_deploy.backends.base import Runner
 from attn_deploy.commands.progress import console
 from attn_deploy.config import ExportConfig
-from attn_deploy.errors import InputError
+from attn_deploy.errors import ConfigError
+
+MAX_IMAGES = 10_000
+"""Most images one validation holds (fewer when large: see ``attn_deploy.models.registry.MAX_PIXELS``)."""
 
 BACKENDS = ("ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt")
 
@@ -49,7 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Validate, print the tables, return 0 when every check passed, 1 otherwise."""
     from attn_deploy.config import load_config
+    from attn_deploy.data.preprocess import list_images
     from attn_deploy.export.artifact_io import load_artifact
+    from attn_deploy.models.registry import check_count
     from attn_deploy.validate.validation import (
         VALIDATION_JSON,
         agreement_lines,
@@ -58,10 +63,13 @@ def run(args: argparse.Namespace) -> int:
         validate_artifact,
     )
 
-    if args.images is not None and args.images < 1:
-        raise InputError(f"--images must be >= 1, got {args.images}")
+    if args.seed is not None and args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     artifact = load_artifact(args.artifact)
     config = load_config(args.config) if args.config else artifact_config(artifact.manifest)
+    count = len(list_images(args.image_dir)) if args.image_dir and args.images is None else args.images
+    if count is not None:
+        check_count(count, image_size(artifact.manifest), "--images", MAX_IMAGES)
     runner = make_runner(args.backend, artifact.onnx_path, config, artifact.manifest)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"validate {args.artifact}", total=None)
@@ -92,6 +100,13 @@ def run(args: argparse.Namespace) -> int:
     verdict = "[bold green]PASSED" if report.passed else "[bold red]FAILED"
     console.print(f"{verdict}[/] - {artifact.dir / VALIDATION_JSON}, report.md, polygraphy_*.json written")
     return 0 if report.passed else 1
+
+
+def image_size(manifest: dict[str, Any]) -> tuple[int, int]:
+    """The (H, W) the artifact's images are preprocessed to; (1, 1) when the manifest does not say."""
+    size = (manifest.get("preprocess") or {}).get("size")
+    ok = isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
+    return (size[0], size[1]) if ok else (1, 1)
 
 
 def make_runner(backend: str, onnx_path: Path, config: ExportConfig, manifest: dict[str, Any]) -> Runner:

@@ -12,6 +12,7 @@ batch the ONNX model takes.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,14 +124,28 @@ def list_images(directory: str | os.PathLike[str]) -> list[Path]:
 
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """One image as ``uint8`` HWC RGB; an unreadable file is an :class:`InputError` naming it."""
+    """One image as ``uint8`` HWC RGB; an unreadable, truncated or oversized file (more than PIL's
+    ``Image.MAX_IMAGE_PIXELS``, a decompression bomb) is an :class:`InputError` naming it."""
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return np.asarray(img.convert("RGB"))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise InputError(
+            f"image {path} has more than {Image.MAX_IMAGE_PIXELS} pixels (a decompression bomb?); "
+            "downscale or remove it"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(
             f"cannot read image {path} ({type(exc).__name__}); remove or replace the file"
         ) from None
+
+
+def check_image_dir(directory: str | os.PathLike[str], limit: int | None = None) -> None:
+    """Decode the images :func:`load_image_dir` would load, one at a time, so a bad file fails before any work."""
+    for path in list_images(directory)[:limit]:
+        load_image(path)
 
 
 def load_image_dir(directory: str | os.PathLike[str], limit: int | None = None) -> list[np.ndarray]:

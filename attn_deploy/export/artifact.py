@@ -7,10 +7,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 from torch import nn
 
 from attn_deploy import fsutil
+from attn_deploy.errors import ExportError
 from attn_deploy.export.artifact_io import MANIFEST_NAME, ONNX_NAME, REPORT_NAME, Artifact, staged_directory
 from attn_deploy.export.manifest import build_manifest, parity_dict
 from attn_deploy.export.pipeline import ExportResult, StageCallback, export_onnx
@@ -74,6 +76,12 @@ def render_report(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def graph_opset(path: Path) -> int:
+    """The opset of the default ONNX domain that the model file at ``path`` imports."""
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def write_artifact_files(staging: Path, manifest: dict[str, Any]) -> None:
     """Write ``manifest.json`` and ``report.md`` into a staging directory."""
     fsutil.write_json(staging / MANIFEST_NAME, manifest)
@@ -119,6 +127,11 @@ def export_artifact(
             output_names=output_names,
             on_stage=on_stage,
         )
+        actual = graph_opset(result.path)
+        if actual != opset:  # the exporter's down-conversion can fail and leave its own opset
+            raise ExportError(
+                f"the exporter could not produce opset {opset}: the graph is opset {actual}; use --opset {actual}"
+            )
         extra = {"weights": str(Path(weights).resolve()) if weights else None}
         extra.update(precision_stage(result.path) if precision_stage else {})
         if "parity" in extra:  # the precision graph's own check replaces the FP32 export's

@@ -1,7 +1,8 @@
 """Artifact directories on disk: ``engines/<model>/<target>/`` with ``model.onnx``, ``manifest.json``, ``report.md``.
 
 Torch-free, so servers and tools that only read artifacts start fast. A directory is written whole or not at
-all: everything goes to a temporary sibling first, which then replaces the old directory.
+all: everything goes to a temporary sibling first, which then replaces the old directory (and only it: never a
+parent, a sibling or a folder of other files). Loading checks ``model.onnx`` against the manifest's sha256.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from attn_deploy import fsutil
-from attn_deploy.errors import InputError
+from attn_deploy.errors import ConfigError, InputError
 
 ONNX_NAME = "model.onnx"
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.md"
+REEXPORT = "re-export it with `attn-deploy export`"
 
 
 @dataclass(frozen=True)
@@ -42,24 +44,59 @@ class Artifact:
         return str(self.manifest["model"])
 
 
+def check_destination(final: str | os.PathLike[str]) -> Path:
+    """``final`` as a path an artifact may be written to, else a one-line ``ConfigError``.
+
+    Refused: '.', '..', a filesystem root, the working directory or one of its parents, an existing file, an
+    existing non-empty folder that is not an artifact (no manifest.json), a path under a file or under a folder
+    this user cannot write. Cheap: callers check before any work, :func:`staged_directory` again.
+    """
+    final = Path(final)
+    resolved, cwd = final.resolve(), Path.cwd().resolve()
+    if final.name in ("", ".", "..") or resolved == cwd or resolved in cwd.parents:
+        raise ConfigError(
+            f"refusing to write an artifact to '{final}': it is the working directory, a parent of it or a root; "
+            "an artifact needs a folder of its own, e.g. engines/<model>/<target>"
+        )
+    if final.is_dir() and any(final.iterdir()) and not (final / MANIFEST_NAME).is_file():
+        raise ConfigError(
+            f"refusing to replace '{final}': it holds files but no {MANIFEST_NAME}, so it is not an artifact; "
+            "move them or choose another --out"
+        )
+    if final.exists() and not final.is_dir():
+        raise ConfigError(f"cannot write an artifact to '{final}': it is a file; choose another --out")
+    fsutil.check_writable_dir(final.parent)
+    return final
+
+
 @contextmanager
 def staged_directory(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``final`` only if the block succeeds."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    """Yield a temporary directory that replaces ``final`` (checked by :func:`check_destination`) only if the
+    block succeeds. Staging of dead processes next to ``final`` is removed; a signal never cuts the swap."""
+    final = check_destination(final)
+    with fsutil.staging(final.parent, final.name, directory=True) as staging:
         yield staging
         os.chmod(staging, fsutil.DIR_MODE)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
-            os.replace(final, old / final.name)
+        with fsutil.critical_section():
+            _swap_in(staging, check_destination(final))
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Rename ``staging`` onto ``final``; an existing ``final`` is moved aside first and restored on failure."""
+    if not os.path.lexists(final):
+        os.replace(staging, final)
+        return
+    old = Path(tempfile.mkdtemp(prefix=fsutil.staging_prefix(final.name, "old"), dir=final.parent))
+    try:
+        os.replace(final, old / final.name)
+        try:
             os.replace(staging, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, final)
+        except OSError:
+            os.replace(old / final.name, final)
+            raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if os.path.lexists(final):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def load_artifact(directory: str | os.PathLike[str]) -> Artifact:
@@ -75,10 +112,32 @@ def load_artifact(directory: str | os.PathLike[str]) -> Artifact:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{manifest_path} is not valid JSON ({exc}); re-run `attn-deploy export`") from None
-    missing = [k for k in ("model", "inputs", "outputs") if k not in manifest]
+    if not isinstance(manifest, dict):
+        raise InputError(f"{manifest_path} is not a JSON object; re-run `attn-deploy export`")
+    missing = [k for k in ("model", "inputs", "outputs", "sha256") if k not in manifest]
     if missing:
         raise InputError(f"{manifest_path} lacks {', '.join(missing)}; re-run `attn-deploy export`")
+    for key in ("model", "onnx"):  # both become file names (Triton model folders, the ONNX path)
+        fsutil.check_name(manifest.get(key, ONNX_NAME), f"{manifest_path}: {key}", InputError, fix=REEXPORT)
     artifact = Artifact(directory, manifest)
     if not artifact.onnx_path.is_file():
         raise InputError(f"{artifact.onnx_path} is missing; re-run `attn-deploy export`")
+    actual = _sha256(artifact.onnx_path)
+    if actual != manifest["sha256"]:
+        raise InputError(
+            f"{artifact.onnx_path} does not match its manifest (sha256 {actual[:12]}..., manifest "
+            f"{str(manifest['sha256'])[:12]}...); re-export it with `attn-deploy export`"
+        )
     return artifact
+
+
+_hashes: dict[tuple[str, int, int, int], str] = {}
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of ``path``, hashed once per process while the file (inode, size, mtime) stays the same."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _hashes:
+        _hashes[key] = fsutil.sha256_file(path)
+    return _hashes[key]

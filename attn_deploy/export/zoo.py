@@ -6,14 +6,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from attn_deploy.config import ExportConfig
+from attn_deploy.config import ExportConfig, check_opset
 from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.errors import ConfigError
 from attn_deploy.export.artifact import export_artifact
-from attn_deploy.export.artifact_io import Artifact
+from attn_deploy.export.artifact_io import Artifact, check_destination
 from attn_deploy.export.pipeline import ExportResult, StageCallback
+from attn_deploy.fsutil import check_name
 from attn_deploy.models import ModelSpec, create_model, model_spec
+from attn_deploy.models.registry import check_count
 from attn_deploy.precision.stage import ModelIO, precision_stage
 
 SAMPLE_SEED = 1234
@@ -100,8 +102,11 @@ def export_zoo_model(
     """
     spec = model_spec(name)
     size = parse_imgsz(imgsz, spec)
-    if batch < 1:
-        raise ConfigError(f"--batch must be >= 1, got {batch}")
+    check_count(batch, size, "--batch")
+    if config is not None:
+        target, opset = config.name, config.opset
+    out_dir = check_destination(Path(out_root) / spec.name / check_name(target, "target"))
+    check_opset(opset, "--opset")
     if on_stage:
         on_stage("build model")
     model = create_model(name, weights=weights)
@@ -109,7 +114,6 @@ def export_zoo_model(
     stage = None
     dynamic_batch = dynamic_hw = dynamic
     if config is not None:
-        target, opset = config.name, config.opset
         dynamic_batch, dynamic_hw = config.dynamic.batch, config.dynamic.hw
         preprocess = PreprocessSpec.from_dict(preprocess_info(spec, size))
         io = ModelIO(model, spec.input_name, spec.output_names, spec.task, preprocess, tuple(sample.shape))
@@ -117,7 +121,7 @@ def export_zoo_model(
     return export_artifact(
         model,
         sample,
-        Path(out_root) / spec.name / target,
+        out_dir,
         model_name=spec.name,
         target=target,
         task=spec.task,

@@ -15,7 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from attn_deploy.errors import InputError
+from attn_deploy.errors import ConfigError, InputError
+
+MIN_SIDE, MAX_SIDE = 8, 4096
+"""Bounds of an input height or width given by the user (8: the smallest synthetic image)."""
+MAX_BATCH = 256
+"""Largest batch of an export or benchmark sample (a dynamic-batch export takes any batch at run time)."""
+MAX_PIXELS = 1 << 28
+"""Largest images x height x width held at once (3 GiB as float32 RGB)."""
 
 ATTN = "attn"
 """Name of every attention submodule in zoo models; state_dict keys holding it belong to attention."""
@@ -67,7 +74,12 @@ class ModelSpec:
     size_divisor: int
 
     def check_size(self, height: int, width: int) -> None:
-        """Raise ``InputError`` unless ``height`` and ``width`` are positive multiples of ``size_divisor``."""
+        """Raise ``InputError`` unless ``height`` and ``width`` are multiples of ``size_divisor`` in
+        ``MIN_SIDE..MAX_SIDE``."""
+        if max(height, width) > MAX_SIDE:
+            raise InputError(
+                f"input size {height}x{width} is larger than {MAX_SIDE}; use e.g. {self.input_size[0]}"
+            )
         check_input_size(self.name, height, width, self.size_divisor)
 
     def normalize(self, images: np.ndarray) -> torch.Tensor:
@@ -113,13 +125,25 @@ def register_model(name: str, family: Family, aliases: tuple[str, ...] = ()) -> 
 
 
 def check_input_size(model: str, height: int, width: int, divisor: int) -> None:
-    """Raise a one-line ``InputError`` unless ``height`` and ``width`` are multiples of ``divisor``."""
-    if height < divisor or width < divisor or height % divisor or width % divisor:
+    """Raise a one-line ``InputError`` unless ``height`` and ``width`` are multiples of ``divisor``, at least
+    ``MIN_SIDE``."""
+    low = -(-MIN_SIDE // divisor) * divisor
+    if height < low or width < low or height % divisor or width % divisor:
 
         def up(v: int) -> int:
-            return max(divisor, -(-v // divisor) * divisor)
+            return max(low, -(-v // divisor) * divisor)
 
+        what = f"multiples of {divisor}" if divisor > 1 else f"at least {low}"
         raise InputError(
-            f"{model} needs input height and width that are multiples of {divisor}, got {height}x{width}; "
+            f"{model} needs input height and width that are {what}, got {height}x{width}; "
             f"resize or letterbox to e.g. {up(height)}x{up(width)}"
         )
+
+
+def check_count(count: int, size: tuple[int, int], what: str, limit: int = MAX_BATCH) -> int:
+    """``count`` images of ``size`` (H, W) if ``1 <= count <= limit`` and they fit ``MAX_PIXELS``, else a one-line
+    ``ConfigError`` naming the option ``what`` (``--batch``, ``--images``)."""
+    fits = max(1, min(limit, MAX_PIXELS // (size[0] * size[1])))
+    if not 1 <= count <= fits:
+        raise ConfigError(f"{what} must be between 1 and {fits} for {size[0]}x{size[1]} images, got {count}")
+    return count

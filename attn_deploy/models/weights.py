@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -94,16 +93,19 @@ def read_state_dict(path: str | os.PathLike[str]) -> Mapping[str, torch.Tensor]:
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+    except Exception as exc:  # any failure to decode the user's bytes: KeyError, EOFError, ...
         raise WeightsError(
-            f"cannot read weights '{path}' as a plain state_dict ({exception_summary(exc)}); "
+            f"cannot read weights '{path}' as a plain state_dict "
+            f"({type(exc).__name__}: {exception_summary(exc, limit=160)}); "
             "save one with torch.save(model.state_dict(), PATH)"
         ) from exc
     for key in _CONTAINER_KEYS:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
             break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
         raise WeightsError(
             f"weights '{path}' hold no state_dict of tensors; "
             "save one with torch.save(model.state_dict(), PATH)"
