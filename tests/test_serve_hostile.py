@@ -412,6 +412,20 @@ def test_accept_encoding_q_values(server: BackgroundServer, accept: str, coding:
         assert json.loads(raw)["model_name"] == MODEL
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclient_compression_both_ways(server: BackgroundServer, algorithm: str) -> None:
+    client = httpclient.InferenceServerClient(url=server.url)
+    try:
+        images = _images(2, seed=3)
+        inp = httpclient.InferInput("images", list(images.shape), "FP32").set_data_from_numpy(images)
+        result = client.infer(
+            MODEL, [inp], request_compression_algorithm=algorithm, response_compression_algorithm=algorithm
+        )
+        assert result.as_numpy("pooled").shape == (2, 8)
+    finally:
+        client.close()
+
+
 # Siblings: headers, sizes, shapes, names, routes, methods
 
 
@@ -532,6 +546,24 @@ def test_serve_cli_rejects_bad_flags_in_one_line(
     with pytest.raises(SystemExit) as info:
         main(["serve", str(tmp_path), *flags])
     assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--max-body-mb", "nan"], "--max-body-mb must be > 0 (and finite), got nan"),
+        (["--max-delay-ms", "inf"], "--max-delay-ms must be 0-60000, got inf"),
+        (["--intra-op-threads", "-3"], "--intra-op-threads must be >= 1, got -3"),
+    ],
+)
+def test_serve_cli_rejects_bad_numbers_before_loading_models(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], fragment: str
+) -> None:
+    from attn_deploy.cli import main
+
+    assert main(["serve", str(tmp_path / "not-an-artifact"), *flags]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], lines
 

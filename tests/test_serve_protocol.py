@@ -349,3 +349,13 @@ def test_image_size_rule_from_manifests_old_and_new() -> None:
         rule.check("images", 65, 100)
     with pytest.raises(ProtocolError, match="must be at least 64"):
         rule.check("images", 32, 64)
+
+
+def test_binary_data_flags_must_be_booleans() -> None:
+    entry = {"name": "images", "shape": [1, 3, 4, 4], "datatype": "FP32", "data": [0.0] * 48}
+    body = json.dumps({"inputs": [entry], "parameters": {"binary_data_output": "false"}}).encode()
+    with pytest.raises(ProtocolError, match="binary_data_output must be true or false, got 'false'"):
+        decode_infer_request(body, None, SIG)
+    body = json.dumps({"inputs": [entry], "outputs": [{"name": "label", "parameters": {"binary_data": 1}}]})
+    with pytest.raises(ProtocolError, match="output 'label' parameters: binary_data must be true or false"):
+        decode_infer_request(body.encode(), None, SIG)

@@ -49,20 +49,22 @@ class ServeOptions:
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
-        if self.max_delay_ms < 0:
-            raise ConfigError(f"--max-delay-ms must be >= 0, got {self.max_delay_ms}")
+        if not 0 <= self.max_delay_ms <= 60_000:  # comparisons with NaN are False: refused too
+            raise ConfigError(f"--max-delay-ms must be 0-60000, got {self.max_delay_ms}")
         if self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
-        if self.max_body_mb <= 0:
-            raise ConfigError(f"--max-body-mb must be > 0, got {self.max_body_mb}")
+        if self.intra_op_threads is not None and self.intra_op_threads < 1:
+            raise ConfigError(f"--intra-op-threads must be >= 1, got {self.intra_op_threads}")
+        if not 0 < self.max_body_mb <= 1024 * 1024:
+            raise ConfigError(f"--max-body-mb must be > 0 (and finite), got {self.max_body_mb}")
         if self.device not in DEVICES:
             raise ConfigError(f"--device must be one of {sorted(DEVICES)}, got {self.device!r}")
         for flag, value in (
             ("--header-timeout", self.header_timeout_s),
             ("--body-timeout", self.body_timeout_s),
         ):
-            if not value > 0:  # also refuses NaN
-                raise ConfigError(f"{flag} must be > 0 seconds, got {value}")
+            if not 0 < value < float("inf"):
+                raise ConfigError(f"{flag} must be > 0 seconds (and finite), got {value}")
 
     @property
     def ort_threads(self) -> int:

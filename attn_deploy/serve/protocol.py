@@ -324,7 +324,7 @@ def _requested_outputs(header: dict[str, Any], signature: ModelSignature) -> lis
     params = header.get("parameters") or {}
     if not isinstance(params, dict):
         raise ProtocolError("request parameters must be an object")
-    binary_default = bool(params.get("binary_data_output", False))
+    binary_default = _flag(params, "binary_data_output", False, "request parameters")
     outputs_json = header.get("outputs")
     if outputs_json is None:
         return [RequestedOutput(t.name, binary_default) for t in signature.outputs]
@@ -344,8 +344,16 @@ def _requested_outputs(header: dict[str, Any], signature: ModelSignature) -> lis
             raise ProtocolError(
                 f"output '{item['name']}': classification and shared memory are not supported"
             )
-        requested.append(RequestedOutput(item["name"], bool(out_params.get("binary_data", binary_default))))
+        binary = _flag(out_params, "binary_data", binary_default, f"output '{item['name']}' parameters")
+        requested.append(RequestedOutput(item["name"], binary))
     return requested
+
+
+def _flag(params: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{where}: {key} must be true or false, got {_clip(value)}")
+    return value
 
 
 def _json_data(array: np.ndarray, datatype: str) -> list[Any]:
