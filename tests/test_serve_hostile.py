@@ -446,6 +446,20 @@ SIBLINGS = {
         "but the body has only",
     ),
     "float header length": ({"Inference-Header-Content-Length": "1e3"}, b"{}", 400, "must be an integer"),
+    "5000-digit integer": ({}, b'{"inputs": [' + b"1" * 5000 + b"]}", 400, "malformed JSON"),
+    "numeric request id": (
+        {},
+        json.dumps(
+            {
+                "id": 7,
+                "inputs": [
+                    {"name": "images", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0] * 768}
+                ],
+            }
+        ).encode(),
+        400,
+        '"id" must be a string, got 7',
+    ),
 }
 
 

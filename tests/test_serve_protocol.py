@@ -359,3 +359,15 @@ def test_binary_data_flags_must_be_booleans() -> None:
     body = json.dumps({"inputs": [entry], "outputs": [{"name": "label", "parameters": {"binary_data": 1}}]})
     with pytest.raises(ProtocolError, match="output 'label' parameters: binary_data must be true or false"):
         decode_infer_request(body.encode(), None, SIG)
+
+
+def test_json_the_parser_refuses_and_ids_that_are_not_strings() -> None:
+    with pytest.raises(ProtocolError, match=r"malformed JSON .* Exceeds the limit"):
+        decode_infer_request(b'{"inputs": [' + b"1" * 5000 + b"]}", None, SIG)
+    body, sig = _typed_request("BYTES", ["ok", "\ud800"])  # a lone surrogate is no UTF-8 text
+    with pytest.raises(ProtocolError, match="data does not convert to BYTES"):
+        decode_infer_request(body, None, sig)
+    entry = {"name": "images", "shape": [1, 3, 4, 4], "datatype": "FP32", "data": [0.0] * 48}
+    with pytest.raises(ProtocolError, match='"id" must be a string, got 7'):
+        decode_infer_request(json.dumps({"id": 7, "inputs": [entry]}).encode(), None, SIG)
+    assert decode_infer_request(json.dumps({"id": "7", "inputs": [entry]}).encode(), None, SIG).id == "7"

@@ -159,11 +159,9 @@ def decode_infer_request(body: bytes, header_length: int | None, signature: Mode
     if missing:
         raise ProtocolError(f"missing input(s) {', '.join(missing)}; the model needs all of its inputs")
     request_id = header.get("id")
-    return InferRequest(
-        inputs=inputs,
-        outputs=_requested_outputs(header, signature),
-        id=None if request_id is None else str(request_id),
-    )
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError(f'the request "id" must be a string, got {_clip(request_id)}')
+    return InferRequest(inputs=inputs, outputs=_requested_outputs(header, signature), id=request_id)
 
 
 def encode_infer_response(
@@ -225,8 +223,8 @@ def tensor_from_bytes(raw: bytes | memoryview, datatype: str, shape: tuple[int, 
 def _parse_json_object(raw: bytes | memoryview) -> dict[str, Any]:
     try:
         header = json.loads(bytes(raw))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"malformed JSON in the inference request: {exc}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers over 4300 digits
+        raise ProtocolError(f"malformed JSON in the inference request: {str(exc)[:200]}") from None
     except RecursionError:
         raise ProtocolError(
             "the inference request's JSON is nested too deeply; send tensor data as a flat list"
