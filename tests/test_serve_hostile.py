@@ -252,7 +252,7 @@ def test_partial_headers_are_cut_off_after_the_header_timeout(server: Background
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(b"POST /v2/models/tiny-gate/infer HTTP/1.1\r\nHost: x\r\nContent-Le")
         waited, received = _seconds_until_closed(sock)
-    assert TIMEOUT_S * 0.5 <= waited <= TIMEOUT_S + 2, waited
+    assert TIMEOUT_S * 0.5 <= waited <= TIMEOUT_S + 4, waited  # slack for a loaded 2-core machine
     assert received == b""
 
 
@@ -269,7 +269,7 @@ def test_trickled_headers_do_not_extend_the_header_timeout(server: BackgroundSer
         if closed_after is None:
             _seconds_until_closed(sock)
             closed_after = time.monotonic() - started
-    assert closed_after <= TIMEOUT_S + 2, closed_after
+    assert closed_after <= TIMEOUT_S + 4, closed_after  # the trickle alone would take 13 s
 
 
 def test_partial_body_gets_408_then_the_connection_closes(server: BackgroundServer) -> None:
@@ -279,7 +279,7 @@ def test_partial_body_gets_408_then_the_connection_closes(server: BackgroundServ
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408")
     assert "not received within 1 s" in json.loads(body)["error"]
-    assert waited <= 2 * TIMEOUT_S + 2, waited  # body timeout, then at most the lingering time
+    assert waited <= 2 * TIMEOUT_S + 4, waited  # body timeout, then at most the lingering time
     _still_serving(server)
 
 
@@ -358,6 +358,7 @@ def test_disconnects_log_one_debug_line_and_are_not_failures(
     assert _server_log_problems(caplog.records) == []
     ours = [r for r in caplog.records if r.name.startswith("attn_deploy")]
     assert len(ours) <= 20 and all(r.levelno <= logging.INFO for r in ours)
+    assert any("client went away" in r.getMessage() for r in ours)  # the mid-body ones reached the handler
 
 
 # 6. JSON types
