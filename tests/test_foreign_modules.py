@@ -10,6 +10,7 @@ from torch import nn
 
 from attn_deploy import export_onnx
 from attn_deploy.errors import ExportError, UnsupportedOpError
+from attn_deploy.export.pipeline import StaticShapeError
 from tests.conftest import assert_ort_matches_torch
 
 UNSEEN = [(2, 32, 24, 40), (3, 32, 17, 23)]
@@ -198,7 +199,7 @@ class FrozenHeight(nn.Module):
     [
         (SizedAdaptivePool(), UnsupportedOpError, "module '<root>': adaptive_avg_pool to output size (3, 3)"),
         (SizeDependentTopK(), UnsupportedOpError, "TensorRT needs a constant K"),
-        (FrozenHeight(), ExportError, "static shape of 16"),
+        (FrozenHeight(), ExportError, "H/W cannot be dynamic for this model: PyTorch runs it at 16x16 only"),
     ],
 )
 def test_refusals_are_clear_and_write_nothing(module, error, needle, tmp_path) -> None:
@@ -213,3 +214,78 @@ def test_refusals_are_clear_and_write_nothing(module, error, needle, tmp_path) -
 def test_static_export_of_sized_pool_is_fine(tmp_path) -> None:
     res = export_onnx(SizedAdaptivePool(), torch.randn(1, 4, 12, 12), tmp_path / "m.onnx")
     assert res.parity.passed
+
+
+class PatchEmbed7(nn.Module):
+    """A patch embedding with patch size 7 written with reshape/permute: takes only H/W multiples of 7."""
+
+    def __init__(self, channels=4, dim=8):
+        super().__init__()
+        self.proj = nn.Linear(channels * 49, dim)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        patches = (
+            x.reshape(b, c, h // 7, 7, w // 7, 7).permute(0, 2, 4, 1, 3, 5).reshape(b, h // 7, w // 7, -1)
+        )
+        return self.proj(patches).permute(0, 3, 1, 2)
+
+
+def test_patch_size_7_is_verified_at_multiples_of_7(tmp_path) -> None:
+    model = PatchEmbed7().eval()
+    res = export_onnx(
+        model, torch.randn(1, 4, 28, 28), tmp_path / "m.onnx", dynamic_batch=True, dynamic_hw=True
+    )
+    assert res.parity.passed and len(res.shapes) == 3
+    assert all(h % 7 == 0 and w % 7 == 0 and h != w for _, _, h, w in res.shapes[1:])
+    assert {b for b, *_ in res.shapes[1:]} == {2, 3}
+    assert_ort_matches_torch(model, res.path, [(2, 4, 35, 14)])
+
+
+class AddCoords(nn.Module):
+    """CoordConv's AddCoords: torch.export cannot trace ``torch.linspace`` with a dynamic size, the TorchScript
+    exporter writes a correct dynamic graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(6, 4, 3, padding=1)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        yy = torch.linspace(-1, 1, h).view(1, 1, h, 1).expand(b, 1, h, w)
+        xx = torch.linspace(-1, 1, w).view(1, 1, 1, w).expand(b, 1, h, w)
+        return self.conv(torch.cat([x, yy, xx], 1))
+
+
+def test_dynamo_failure_falls_back_to_torchscript(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = AddCoords().eval()
+    res = export_onnx(
+        model, torch.randn(1, 4, 32, 32), tmp_path / "m.onnx", dynamic_batch=True, dynamic_hw=True
+    )
+    assert res.exporter == "torchscript" and res.parity.passed and len(res.shapes) == 3
+    assert res.inputs[0]["shape"] == ["batch", 4, "height", "width"]
+    assert_ort_matches_torch(model, res.path, [(2, 4, 24, 40), (3, 4, 17, 23)])
+
+
+class FlattenLinear(nn.Module):
+    """A Linear over the flattened H*W map: runs at one H/W only (any batch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16 * 16, 8)
+
+    def forward(self, x):
+        return self.fc(x.flatten(2))
+
+
+def test_single_hw_module_is_refused_with_dynamic_batch_offer(tmp_path) -> None:
+    out = tmp_path / "m.onnx"
+    with pytest.raises(StaticShapeError) as err:
+        export_onnx(FlattenLinear(), torch.randn(1, 4, 16, 16), out, dynamic_batch=True, dynamic_hw=True)
+    assert "H/W cannot be dynamic for this model" in str(err.value)
+    assert "dynamic_hw=False, dynamic_batch=True" in str(err.value)
+    assert "--dynamic" in err.value.cli_hint and "dynamic_hw" not in err.value.cli_hint
+    assert err.value.dynamic_batch_ok and not out.exists()
+    res = export_onnx(FlattenLinear(), torch.randn(1, 4, 16, 16), out, dynamic_batch=True)
+    assert res.parity.passed and [s[0] for s in res.shapes] == [1, 2, 3]

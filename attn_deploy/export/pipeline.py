@@ -3,6 +3,13 @@
 Stages (each reported to ``on_stage`` for progress display):
 trace with the deploy rewrites -> ONNX (dynamo exporter) -> simplify (onnxslim) -> check dynamic dims ->
 verify in ONNX Runtime against PyTorch at the export shape and, when dynamic, at two other shapes -> write.
+When the dynamo exporter fails, specialises a dynamic dim or writes a graph that does not verify, the TorchScript
+exporter (``dynamo=False``) gets the same chance; whichever graph verifies is kept (``ExportResult.exporter``).
+
+Honest comparison: every PyTorch run gets fresh copies of its inputs (a model that writes into its input changes
+a copy, never the caller's sample, and the ONNX graph is compared on the very same input values); the model must
+give bit-identical outputs on two runs of the same input, one before and one after tracing (random ops, dropout
+forced on, per-call state are refused); every module must be in eval mode; PyTorch's outputs must be finite.
 """
 
 from __future__ import annotations
@@ -27,9 +34,15 @@ from torch import nn
 from attn_deploy import fsutil
 from attn_deploy.backends.ort import make_session
 from attn_deploy.backends.torch_runner import flatten_outputs
-from attn_deploy.errors import AttnDeployError, ExportError, exception_summary
+from attn_deploy.errors import AttnDeployError, ExportError, UnsupportedOpError, exception_summary
 from attn_deploy.export.lint import LintIssue, lint_tensorrt
-from attn_deploy.export.shapes import dynamic_axes_for, rename_dims, torch_dynamic_shapes, verification_shapes
+from attn_deploy.export.shapes import (
+    DIM_NAMES,
+    dynamic_axes_for,
+    rename_dims,
+    torch_dynamic_shapes,
+    verification_shapes,
+)
 from attn_deploy.export.simplify import simplify_model
 from attn_deploy.export.stats import graph_signature, op_histogram
 from attn_deploy.rewrite import DeployRewriteMode, RewriteSite
@@ -56,6 +69,25 @@ class ExportResult:
     rewrite_sites: list[RewriteSite] = field(default_factory=list)
     lint: list[LintIssue] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    exporter: str = "dynamo"
+
+
+class StaticShapeError(ExportError):
+    """The model runs at fewer shapes than the requested dynamic dims need.
+
+    ``str(exc)`` names the API arguments to use (``dynamic_hw=False, dynamic_batch=True``); ``cli_hint`` is the
+    same one-line message for a command line, naming flags instead; ``dynamic_batch_ok`` says whether a dynamic
+    batch alone (static H/W) would work.
+    """
+
+    def __init__(self, message: str, cli_hint: str, dynamic_batch_ok: bool) -> None:
+        super().__init__(message)
+        self.cli_hint = cli_hint
+        self.dynamic_batch_ok = dynamic_batch_ok
+
+
+Case = tuple[tuple[int, ...], tuple[torch.Tensor, ...], list[np.ndarray]]  # shape, inputs, PyTorch outputs
+EXPORTERS = ("dynamo", "torchscript")
 
 
 class _StageTimer:
@@ -95,6 +127,7 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 
 def _trace_to_onnx(
+    exporter: str,
     model: nn.Module,
     sample: tuple[torch.Tensor, ...],
     axes: list[dict[int, str]],
@@ -103,29 +136,46 @@ def _trace_to_onnx(
     opset: int,
     rewrite: bool,
 ) -> tuple[onnx.ModelProto, list[RewriteSite]]:
+    """Trace with ``exporter`` ("dynamo": torch.export; "torchscript": the legacy tracer, ``dynamo=False``)."""
     mode = DeployRewriteMode(model) if rewrite else contextlib.nullcontext()
     dynamic = any(axes)
     # The exporter logs a warning per torchvision op it cannot register; they are irrelevant here.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), mode:
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                model,
-                sample,
-                dynamo=True,
-                dynamic_shapes=torch_dynamic_shapes(axes) if dynamic else None,
-                input_names=input_names,
-                output_names=output_names,
-                opset_version=opset,
-                verbose=False,
-            )
+            if exporter == "dynamo":
+                program = torch.onnx.export(
+                    model,
+                    _clones(sample),
+                    dynamo=True,
+                    dynamic_shapes=torch_dynamic_shapes(axes) if dynamic else None,
+                    input_names=input_names,
+                    output_names=output_names,
+                    opset_version=opset,
+                    verbose=False,
+                )
+            else:
+                batch_axes = {0: DIM_NAMES[0]} if any(0 in a for a in axes) else {}
+                dynamic_axes = {n: a for n, a in zip(input_names, axes, strict=True) if a}
+                dynamic_axes.update({n: batch_axes for n in output_names if batch_axes})
+                torch.onnx.export(
+                    model,
+                    _clones(sample),
+                    buffer,
+                    dynamo=False,
+                    dynamic_axes=dynamic_axes or None,
+                    input_names=input_names,
+                    output_names=output_names,
+                    opset_version=opset,
+                )
     except Exception as exc:
         cause = _root_cause(exc)
         if isinstance(cause, AttnDeployError):
             raise cause from None
         raise ExportError(f"torch.onnx.export failed: {exception_summary(cause, fold=True)}") from None
-    proto = program.model_proto
+    proto = program.model_proto if exporter == "dynamo" else onnx.load_from_string(buffer.getvalue())
     rename_dims(proto, axes)
     return proto, (list(mode.sites) if isinstance(mode, DeployRewriteMode) else [])
 
@@ -150,24 +200,134 @@ def _check_dynamic_dims(
                 )
 
 
+def _clones(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return tuple(t.detach().clone() for t in inputs)
+
+
+def _forward(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+    """PyTorch's outputs on fresh copies of ``inputs``, copied out (an output aliasing a buffer stays put)."""
+    with torch.inference_mode():
+        return [t.numpy().copy() for t in flatten_outputs(model(*_clones(inputs)))]
+
+
+def _check_eval(model: nn.Module) -> None:
+    training = [name or "<root>" for name, m in model.named_modules() if m.training]
+    if training:
+        raise ExportError(
+            f"module '{training[0]}' is in train mode after model.eval() ({len(training)} modules in all): "
+            "its outputs would depend on the batch (BatchNorm) or on chance (Dropout); make its train()/eval() "
+            "follow nn.Module's and export again; nothing was written"
+        )
+
+
+def _check_deterministic(first: list[np.ndarray], second: list[np.ndarray], shape: tuple[int, ...]) -> None:
+    for index, (a, b) in enumerate(zip(first, second, strict=True)):
+        if a.shape != b.shape or not np.array_equal(a, b, equal_nan=True):
+            diff = "its shape changed" if a.shape != b.shape else "they differ"
+            raise ExportError(
+                f"the model is nondeterministic: two PyTorch runs on the same input {shape} disagree at output "
+                f"{index} ({diff}); random ops, dropout forced on, in-place updates of buffers or other per-call "
+                "state make every comparison meaningless; remove them from forward (or fix them at eval) and "
+                "export again; nothing was written"
+            )
+
+
+def _check_finite(reference: list[np.ndarray], names: list[str], shape: tuple[int, ...]) -> None:
+    for name, ref in zip(names, reference, strict=True):
+        if ref.dtype.kind == "f" and not np.isfinite(ref).all():
+            raise ExportError(
+                f"PyTorch's own output '{name}' has {int(np.count_nonzero(~np.isfinite(ref)))} NaN/inf values at "
+                f"input shape {shape}: nothing to verify the graph against; export with a sample the model maps "
+                "to finite outputs; nothing was written"
+            )
+
+
+def _is_constant(t: torch.Tensor) -> bool:
+    return t.is_floating_point() and t.numel() > 0 and bool(t.min() == t.max())
+
+
 def _sample_like(sample: torch.Tensor, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """A deterministic input of ``shape`` with the sample's value range (uniform within its min/max)."""
-    if tuple(sample.shape) == tuple(shape):
+    """A deterministic input of ``shape`` with the sample's value range (uniform within its min/max; a constant
+    sample such as zeros, which cannot tell most ops apart, gets the range [c - 1, c + 1])."""
+    if tuple(sample.shape) == tuple(shape) and not _is_constant(sample):
         return sample
     gen = torch.Generator().manual_seed(seed)
     lo, hi = float(sample.min()), float(sample.max())
+    if _is_constant(sample):
+        lo, hi = lo - 1.0, hi + 1.0
     if not sample.is_floating_point():
         return torch.randint(int(lo), int(hi) + 1, shape, generator=gen, dtype=sample.dtype)
     return torch.rand(shape, generator=gen, dtype=sample.dtype) * (hi - lo) + lo
+
+
+def _inputs_at(
+    sample: tuple[torch.Tensor, ...], shape: tuple[int, ...], seed: int
+) -> tuple[torch.Tensor, ...]:
+    """Inputs for ``shape``: every input takes its batch; only inputs of the same rank take its H/W."""
+    return tuple(
+        _sample_like(s, shape if s.dim() == len(shape) else (shape[0], *s.shape[1:]), seed=seed)
+        for s in sample
+    )
+
+
+def _verification_cases(
+    model: nn.Module,
+    sample: tuple[torch.Tensor, ...],
+    reference: list[np.ndarray],
+    shapes: list[tuple[int, ...]],
+) -> list[Case]:
+    """The export shape (twice for a constant sample: as given and with varied values) and the first two
+    candidate shapes PyTorch accepts, with PyTorch's outputs there."""
+    cases: list[Case] = [(shapes[0], sample, reference)]
+    if any(_is_constant(s) for s in sample):
+        varied = _inputs_at(sample, shapes[0], seed=0)
+        cases.append((shapes[0], varied, _forward(model, varied)))
+    for index, shape in enumerate(shapes[1:], start=1):
+        if _count_shapes(cases) == 3:
+            break
+        inputs = _inputs_at(sample, shape, seed=index)
+        try:
+            cases.append((shape, inputs, _forward(model, inputs)))
+        except Exception:  # the model itself does not take this shape (e.g. patch size 7): next one
+            continue
+    return cases
+
+
+def _count_shapes(cases: list[Case]) -> int:
+    return len({shape for shape, _, _ in cases})
+
+
+def _refuse_static(
+    model: nn.Module, sample: tuple[torch.Tensor, ...], tried: list[tuple[int, ...]], dynamic_hw: bool
+) -> StaticShapeError:
+    """The error for a model that runs at too few of the shapes the requested dynamic dims need."""
+    shape = tuple(sample[0].shape)
+    other_batches = [(shape[0] + k, *shape[1:]) for k in (1, 2)]
+    batch_ok = (
+        dynamic_hw
+        and len(shape) == 4
+        and _count_shapes(_verification_cases(model, sample, [], [shape, *other_batches])) == 3
+    )
+    if batch_ok:
+        what = f"H/W cannot be dynamic for this model: PyTorch runs it at {shape[2]}x{shape[3]} only (tried {tried})"
+        return StaticShapeError(
+            f"{what}; export with dynamic_hw=False, dynamic_batch=True (a dynamic batch works); nothing was written",
+            f"{what}; export without --dynamic (a dynamic batch alone works for this model); nothing was written",
+            dynamic_batch_ok=True,
+        )
+    what = f"the model runs at its export shape {shape} only (tried {tried})"
+    return StaticShapeError(
+        f"{what}; export with dynamic_batch=False, dynamic_hw=False; nothing was written",
+        f"{what}; export without --dynamic; nothing was written",
+        dynamic_batch_ok=False,
+    )
 
 
 def _float64_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray] | None:
     """The model's outputs computed in float64 (``None`` if the model cannot run in float64)."""
     try:
         exact = copy.deepcopy(model).double()
-        with torch.inference_mode():
-            out = exact(*(t.double() if t.is_floating_point() else t for t in inputs))
-        return [t.numpy() for t in flatten_outputs(out)]
+        return _forward(exact, tuple(t.double() if t.is_floating_point() else t for t in inputs))
     except Exception:  # a model with float32-only ops: the fixed tolerance stands
         return None
 
@@ -175,36 +335,17 @@ def _float64_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list
 def _verify(
     model: nn.Module,
     proto_bytes: bytes,
-    sample: tuple[torch.Tensor, ...],
+    cases: list[Case],
     input_names: list[str],
     output_names: list[str],
-    shapes: list[tuple[int, ...]],
     tolerances: dict[str, float],
     sites: list[RewriteSite],
-    export_reference: list[np.ndarray],
-) -> tuple[ParityReport, list[tuple[int, ...]]]:
-    """Compare ORT with PyTorch at the export shape (whose PyTorch outputs are ``export_reference``) and the
-    first two candidate shapes PyTorch accepts."""
+) -> ParityReport:
+    """Compare ORT with PyTorch on each case's inputs; raise ``ExportError`` at the first shape that differs."""
     session = make_session(proto_bytes)
     reports: list[ParityReport] = []
-    verified: list[tuple[int, ...]] = []
-    for index, shape in enumerate(shapes):
-        if len(verified) == 3:
-            break
-        # Every input takes the new batch; only 4-D inputs take the new H/W.
-        inputs = tuple(
-            _sample_like(s, shape if s.dim() == len(shape) else (shape[0], *s.shape[1:]), seed=index)
-            for s in sample
-        )
-        try:
-            with torch.inference_mode():
-                reference = (
-                    export_reference if index == 0 else [t.numpy() for t in flatten_outputs(model(*inputs))]
-                )
-        except Exception:
-            if index == 0:
-                raise
-            continue  # the model itself does not take this shape (e.g. too small for its top-k): next one
+    for shape, inputs, reference in cases:
+        _check_finite(reference, output_names, shape)
         try:
             got = session.run(None, {n: t.numpy() for n, t in zip(input_names, inputs, strict=True)})
         except Exception as exc:
@@ -218,7 +359,9 @@ def _verify(
             raise ExportError(f"exported graph differs from PyTorch at input shape {shape}: {exc}") from None
         if not report.passed:
             exact = _float64_outputs(model, inputs)
-            if exact is not None and within_fp32_noise(reference, exact, got):
+            if exact is not None and within_fp32_noise(
+                reference, exact, got, min_cosine=tolerances["min_cosine"]
+            ):
                 report = dataclasses.replace(report, passed=True, judged_by="float64 reference")
         if not report.passed:
             worst = report.worst()
@@ -235,12 +378,15 @@ def _verify(
                 "(try exporting without dynamic H/W, or report the module)"
             )
         reports.append(report)
-        verified.append(shape)
-    if len(shapes) > 1 and len(verified) < 3:
-        raise ExportError(
-            f"the model runs at its export shape only (tried {shapes[1:]}); export without --dynamic"
-        )
-    return merge_reports(reports), verified
+    return merge_reports(reports)
+
+
+def _combined(failures: list[ExportError]) -> ExportError:
+    """The dynamo exporter's error, with the TorchScript exporter's appended (both failed)."""
+    dynamo, torchscript = failures
+    return ExportError(
+        f"{dynamo}; the TorchScript exporter failed too: {exception_summary(torchscript, limit=300)}"
+    )
 
 
 def export_onnx(
@@ -283,14 +429,14 @@ def export_onnx(
     timer = _StageTimer(on_stage)
     timer.start("trace")
     model = model.eval()
-    samples = _as_tuple(sample)
+    _check_eval(model)
+    samples = _clones(_as_tuple(sample))  # the caller's tensors are never handed to the model
     in_names = (
         list(input_names)
         if input_names
         else (["images"] if len(samples) == 1 else [f"input{i}" for i in range(len(samples))])
     )
-    with torch.inference_mode():  # the reference at the export shape, reused by the verification
-        reference = [t.numpy() for t in flatten_outputs(model(*samples))]
+    reference = _forward(model, samples)  # the reference at the export shape, reused by the verification
     n_out = len(reference)
     out_names = list(output_names) if output_names else [f"output{i}" for i in range(n_out)]
     if len(in_names) != len(samples) or len(out_names) != n_out:
@@ -299,35 +445,59 @@ def export_onnx(
             f"{n_out} outputs; pass one name per tensor"
         )
     axes = [dynamic_axes_for(s, dynamic_batch, dynamic_hw) for s in samples]
-
+    shapes = verification_shapes(tuple(samples[0].shape), dynamic_batch, dynamic_hw)
+    cases = _verification_cases(model, samples, reference, shapes) if verify else []
+    if verify and len(shapes) > 1 and _count_shapes(cases) < 3:
+        raise _refuse_static(model, samples, shapes[1:], dynamic_hw)
+    tolerances = {"atol": atol, "rtol": rtol, "min_cosine": min_cosine}
     # torch.export specialises size-1 dims (0/1 specialisation): trace a dynamic batch at batch 2.
     traced = tuple(torch.cat([s, s]) if dynamic_batch and s.shape[0] == 1 else s for s in samples)
-    proto, sites = _trace_to_onnx(model, traced, axes, in_names, out_names, opset, rewrite)
-    ops_before = op_histogram(proto)
-    if simplify:
-        timer.start("simplify")
-        proto = simplify_model(proto)
-    ops_after = op_histogram(proto)
-    inputs, outputs = graph_signature(proto)
-    timer.start("check")
-    _check_dynamic_dims(inputs, outputs, axes, traced[0].shape[0])
-    lint = lint_tensorrt(proto)
-    proto_bytes = proto.SerializeToString()
-    shapes = verification_shapes(tuple(samples[0].shape), dynamic_batch, dynamic_hw)
-    if verify:
-        timer.start("verify")
-        tolerances = {
-            "atol": atol,
-            "rtol": rtol,
-            "min_cosine": min_cosine,
-            "max_outlier_frac": TOPK_OUTLIER_FRAC if "TopK" in ops_after else 0.0,
-        }
-        parity, shapes = _verify(
-            model, proto_bytes, samples, in_names, out_names, shapes, tolerances, sites, reference
-        )
+    failures: list[ExportError] = []
+    for exporter in EXPORTERS:
+        timer.start("trace")
+        try:
+            proto, sites = _trace_to_onnx(exporter, model, traced, axes, in_names, out_names, opset, rewrite)
+        except UnsupportedOpError:
+            raise  # a rule's refusal holds for every exporter
+        except ExportError as exc:
+            failures.append(exc)
+            proto = None
+        if verify and exporter == EXPORTERS[0]:  # once, across the trace: per-call state shows up here
+            _check_deterministic(reference, _forward(model, samples), tuple(samples[0].shape))
+            _check_eval(model)
+        if proto is None:
+            continue
+        ops_before = op_histogram(proto)
+        if simplify:
+            timer.start("simplify")
+            proto = simplify_model(proto)
+        ops_after = op_histogram(proto)
+        inputs, outputs = graph_signature(proto)
+        timer.start("check")
+        try:
+            _check_dynamic_dims(inputs, outputs, axes, traced[0].shape[0])
+            proto_bytes = proto.SerializeToString()
+            if verify:
+                timer.start("verify")
+                outliers = TOPK_OUTLIER_FRAC if "TopK" in ops_after else 0.0
+                parity = _verify(
+                    model,
+                    proto_bytes,
+                    cases,
+                    in_names,
+                    out_names,
+                    {**tolerances, "max_outlier_frac": outliers},
+                    sites,
+                )
+        except ExportError as exc:
+            failures.append(exc)
+            continue
+        break
     else:
+        raise _combined(failures)
+    lint = lint_tensorrt(proto)
+    if not verify:
         parity = ParityReport(float("nan"), float("nan"), float("nan"), False, atol, min_cosine, rtol)
-        shapes = []
     timer.start("write")
     fsutil.write_bytes(path, proto_bytes)
     timer.start("done")
@@ -335,7 +505,7 @@ def export_onnx(
         path=Path(path),
         rewrites=sorted({s.rule for s in sites}),
         parity=parity,
-        shapes=shapes,
+        shapes=[case[0] for case in cases],
         ops_before=ops_before,
         ops_after=ops_after,
         inputs=inputs,
@@ -345,4 +515,5 @@ def export_onnx(
         rewrite_sites=sites,
         lint=lint,
         stage_seconds=timer.seconds,
+        exporter=exporter,
     )

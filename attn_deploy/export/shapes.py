@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import onnx
@@ -69,28 +70,51 @@ def _alternatives(size: int, step: int, fractions: tuple[float, float]) -> list[
     return picked
 
 
+def _steps(h: int, w: int) -> list[int]:
+    """Size steps to try, in order: the power-of-two stride (CNNs: a YOLO input stays a multiple of 32), then the
+    other divisors of gcd(H, W), smallest first (a patch size of 7 at 224 = 2^5 * 7 needs multiples of 7; a
+    window of 7 behind a patch of 4 needs multiples of 28)."""
+    first = _stride(h, w)
+    g = math.gcd(h, w)
+    return [first] + [d for d in range(2, g + 1) if g % d == 0 and first % d != 0]
+
+
+def _hw_pairs(h: int, w: int) -> list[tuple[int, int]]:
+    """Non-square (H, W) pairs other than the export's (all pairs of the first step, two of each other step),
+    then two square ones for models that need H == W."""
+    pairs: list[tuple[int, int]] = []
+    squares: list[tuple[int, int]] = []
+    for n, step in enumerate(_steps(h, w)):
+        heights = _alternatives(h, step, (0.75, 0.5))
+        squares += [(s, s) for s in heights if (s, s) != (h, w) and (s, s) not in squares]
+        widths = _alternatives(w, step, (0.5, 0.75))
+        found: list[tuple[int, int]] = []
+        for i, (sh, sw) in enumerate(zip(heights, widths, strict=False)):
+            if sh == sw:  # keep the verified shapes non-square
+                sw = widths[i + 1] if i + 1 < len(widths) else sw + step
+            if (sh, sw) not in pairs and (sh, sw) != (h, w):
+                found.append((sh, sw))
+        pairs += found if n == 0 else found[:2]
+    return pairs + squares[:2]
+
+
 def verification_shapes(
     shape: tuple[int, ...], dynamic_batch: bool, dynamic_hw: bool
 ) -> list[tuple[int, ...]]:
     """The export shape, then candidate shapes it was not exported at, varying what is dynamic.
 
     The export is verified at the export shape and the first two candidates the PyTorch model accepts (a
-    top-k attention needs a minimum feature-map size, so small candidates may be skipped). H/W candidates are
-    non-square, smaller than the export shape first, and keep its divisibility (a YOLO input stays a multiple
-    of 32).
+    top-k attention needs a minimum feature-map size, a patch embedding needs multiples of its patch size). H/W
+    candidates are non-square, smaller than the export shape first, and keep a divisibility of the export size:
+    its power-of-two stride first (a YOLO input stays a multiple of 32), then its other factors (multiples of 7,
+    14, 28... for 224), so a model that takes only multiples of its patch size still gets verified.
     """
     shapes = [tuple(shape)]
     if not (dynamic_batch or dynamic_hw):
         return shapes
     batch = shape[0]
     if dynamic_hw and len(shape) == 4:
-        h, w = shape[2], shape[3]
-        step = _stride(h, w)
-        heights = _alternatives(h, step, (0.75, 0.5))
-        widths = _alternatives(w, step, (0.5, 0.75))
-        for i, (sh, sw) in enumerate(zip(heights, widths, strict=False)):
-            if sh == sw:  # keep the verified shapes non-square
-                sw = widths[i + 1] if i + 1 < len(widths) else sw + step
+        for i, (sh, sw) in enumerate(_hw_pairs(shape[2], shape[3])):
             b = batch + 1 + i % 2 if dynamic_batch else batch
             shapes.append((b, shape[1], sh, sw))
     else:

@@ -38,8 +38,12 @@ class RewriteRule:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """True when two sizes are provably equal (works for ints and symbolic sizes, adds no guard)."""
-    if a is None or b is None:
+    """True when two sizes are provably equal (works for ints and symbolic sizes, adds no guard).
+
+    Under the TorchScript tracer (``dynamo=False``) a dynamic size is a traced tensor holding the example's
+    value: equal there proves nothing about other sizes, so it is never treated as equal.
+    """
+    if a is None or b is None or isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return False
     return bool(statically_known_true(a == b))
 
@@ -142,7 +146,7 @@ def _group_norm(
 
 
 def _topk(x: torch.Tensor, k: Any, *args: Any, **kwargs: Any) -> torch.Tensor | None:
-    if isinstance(k, torch.SymInt):
+    if isinstance(k, (torch.SymInt, torch.Tensor)):  # a Tensor: a size traced by the TorchScript exporter
         raise UnsupportedOpError(
             f"torch.topk with k={k} computed from the input's shape: TensorRT needs a constant K; "
             "use a fixed k (e.g. self.topk) or export with static H/W"
