@@ -7,14 +7,20 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
+from onnxruntime.quantization.calibrate import load_tensors_data
 from polygraphy.comparator import RunResults
 from polygraphy.comparator.data_loader import StreamingDataLoader
 
+from attn_deploy.backends.ort import OrtRunner
 from attn_deploy.cli import main
 from attn_deploy.config import load_config, replace_config
 from attn_deploy.errors import ExportError
 from attn_deploy.export.zoo import export_zoo_model
+from attn_deploy.fsutil import sha256_file
+from attn_deploy.machine import describe_cpu
 from attn_deploy.validate.classification import top1_agreement
 from attn_deploy.validate.detection import anchor_box_agreement, box_agreement, box_iou, decode, nms
 from attn_deploy.validate.polygraphy_io import INPUTS_NAME, OUTPUTS_NAME
@@ -98,6 +104,7 @@ def test_validate_classifier_writes_reports_and_polygraphy_data(classifier: Path
         and data["num_images"] == 2
         and data["polygraphy"].startswith("polygraphy run model.onnx")
     )
+    assert data["machine"] == describe_cpu()  # the CPU whose kernels ran the graph: {"cpu", "arch", "isa"}
 
     feeds = list(StreamingDataLoader([str(classifier / INPUTS_NAME)]))
     results = RunResults.load(str(classifier / OUTPUTS_NAME))
@@ -114,23 +121,44 @@ def test_validate_detector_reports_box_agreement(tmp_path: Path):
     assert report.checks[-1].metric == "box agreement" and report.details["boxes"]["reference_boxes"] > 0
 
 
-def test_int8_export_and_a_tolerance_miss(tmp_path: Path, monkeypatch):
+def test_int8_export_a_tolerance_miss_a_corrupt_cache_and_a_broken_graph(tmp_path: Path, monkeypatch, caplog):
+    # Why ort-int8's cosine >= 0.99 holds on every x86-64 CPU with margin: INT8 weights use 7 bits, so ONNX
+    # Runtime's integer kernels sum exactly on AVX2, AVX-512, VNNI and AMX alike (test_int8.py::
+    # test_integer_kernels_compute_the_same_on_every_cpu); with 8-bit weights, AVX2/AVX-512 CPUs without VNNI
+    # saturated int16 sums and this export measured 0.9899 (refused) while exact arithmetic gave 0.9984. Now
+    # 0.9974 (AMD EPYC, AVX2): 1 - cosine = 0.0026 against the gate's 0.01, and what still differs between CPUs
+    # (FP32 rounding in PyTorch and in calibration) moves it by ~1e-5. The gate stays honest: the same graph with
+    # its input range halved (as from calibration images normalised the wrong way) scores 0.86 and is refused.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the calibration cache goes there
     config = replace_config(
         load_config("ort-int8"), {"int8.num_images": 4, "validation.num_images": 4, "tolerances.top1": 0.5}
     )
-    artifact, _ = export_zoo_model("resnet18-eca", imgsz=64, out_root=tmp_path, config=config)
-    manifest = artifact.manifest
-    assert manifest["precision"] == "int8" and manifest["precision_info"]["int8"]["qdq_nodes"] > 0
-    assert manifest["precision_info"]["int8"]["calibration"]["source"] == "synthetic(seed=0)"
-    assert len(list((tmp_path / "cache" / "attn-deploy" / "calibration").glob("*.json"))) == 1
-
     strict = replace_config(config, {"name": "ort-int8-strict", "tolerances.cosine": 0.9999999})
     with pytest.raises(
         ExportError, match=r"ort-int8-strict: cosine .* misses the tolerance >= 1 .*--calib-method"
     ):
         export_zoo_model("resnet18-eca", imgsz=64, out_root=tmp_path, config=strict)
     assert not (tmp_path / "resnet18-eca" / "ort-int8-strict").exists()
+
+    # The refused export calibrated first; its cache entry, corrupted, is discarded, named and recomputed.
+    (entry,) = (tmp_path / "cache" / "attn-deploy" / "calibration").glob("*.json")
+    entry.write_bytes(b'{"calibration_method": "\x01')
+    with caplog.at_level("WARNING", logger="attn_deploy.precision.calibration"):
+        artifact, _ = export_zoo_model("resnet18-eca", imgsz=64, out_root=tmp_path, config=config)
+    assert str(entry) in caplog.text and load_tensors_data(entry).data
+    manifest = artifact.manifest
+    info = manifest["precision_info"]["int8"]
+    assert manifest["precision"] == "int8" and info["qdq_nodes"] > 0 and not info["cache_hit"]
+    assert info["calibration"]["source"] == "synthetic(seed=0)"
+    assert manifest["parity"]["cosine"] >= 0.99 and manifest["machine"] == describe_cpu()
+
+    broken = onnx.load(str(artifact.onnx_path))
+    quantize_input = next(n for n in broken.graph.node if n.input[0] == broken.graph.input[0].name)
+    scale = next(t for t in broken.graph.initializer if t.name == quantize_input.input[1])
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) / 2, scale.name))
+    report = validate_artifact(artifact.dir, runner=OrtRunner(broken.SerializeToString()), write=False)
+    # Measured 0.86; any CPU's kernels move it by < 1e-4 (see above), far from the 0.99 gate.
+    assert not report.passed and report.checks[0].metric == "cosine" and report.checks[0].value < 0.95
 
 
 def test_cli_validate_and_one_line_errors(classifier: Path, tmp_path: Path, capsys):
@@ -144,6 +172,11 @@ def test_cli_validate_and_one_line_errors(classifier: Path, tmp_path: Path, caps
     shutil.copytree(classifier, broken)
     (broken / "model.onnx").write_bytes(b"\x08\x01garbage")
     assert main(["validate", str(broken)]) == 2
+    assert "does not match its manifest" in capsys.readouterr().err
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["sha256"] = sha256_file(broken / "model.onnx")  # a manifest that vouches for the garbage
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["validate", str(broken)]) == 2
     assert "cannot load the model" in capsys.readouterr().err
 
     empty = tmp_path / "empty"
@@ -155,6 +188,9 @@ def test_cli_validate_and_one_line_errors(classifier: Path, tmp_path: Path, caps
 
 def test_a_fine_tuned_classifier_on_the_user_s_own_images(tmp_path: Path, monkeypatch, capsys):
     # The user flow: a 10-class fine-tuned checkpoint, INT8 calibrated on their images, validated on others.
+    # ort-int8's gate (cosine >= 0.99) passes at 0.9963 (export) and 0.9964 (validate) on an AVX2 EPYC, the same
+    # on any x86-64 CPU since 7-bit INT8 weights make ONNX Runtime's integer kernels exact everywhere (8-bit
+    # weights saturated on CPUs without VNNI: 0.9868, refused); 1 - cosine is under half the gate's 0.01.
     import torch
     from PIL import Image
 

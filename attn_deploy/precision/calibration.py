@@ -10,13 +10,16 @@ INT8; its result is cached as ONNX Runtime's calibration JSON, under a key that 
 depend on: the model bytes, the data hash, the method and its settings, and the onnxruntime version. A
 changed input therefore gets a different file and never reads a stale one. The placement of Q/DQ nodes
 (which nodes are quantized) does not change the ranges and is not in the key, so trying both gate placements
-calibrates once.
+calibrates once. An entry that does not load (truncated, garbage, another method) is discarded with a warning
+naming it and recomputed (:func:`usable_cache_entry`); entries are written whole or not at all
+(:func:`store_cache_entry`), so an interrupted run leaves no half entry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,10 +28,15 @@ from typing import Any
 
 import numpy as np
 import onnxruntime
-from onnxruntime.quantization import CalibrationDataReader
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
+from onnxruntime.quantization.calibrate import load_tensors_data
 
+from attn_deploy import fsutil
 from attn_deploy.config import Int8Config, default_cache_dir
 from attn_deploy.data.preprocess import PreprocessSpec, load_image_dir
+from attn_deploy.errors import exception_summary
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -122,3 +130,30 @@ def calibration_cache_path(key: str, cache_dir: str | os.PathLike[str] | None = 
     """Where the calibration ranges for ``key`` live (``<cache_dir>/<key>.json``)."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir("calibration")
     return folder / f"{key}.json"
+
+
+def usable_cache_entry(path: Path, method: CalibrationMethod) -> bool:
+    """Whether ``path`` holds ranges ONNX Runtime can load for ``method``.
+
+    An entry that exists but does not load (truncated or garbage JSON, not ONNX Runtime's format, no ranges,
+    another method) is removed with a warning naming it, so the caller recomputes it instead of failing on it
+    on every later export.
+    """
+    if not path.is_file():
+        return False
+    try:
+        ranges = load_tensors_data(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        problem = exception_summary(exc)
+    else:
+        if ranges.calibration_method == method and ranges.data:
+            return True
+        problem = f"it holds no {method.name} ranges"
+    log.warning("discarding the unreadable calibration cache entry %s (%s); recomputing it", path, problem)
+    path.unlink(missing_ok=True)
+    return False
+
+
+def store_cache_entry(written: Path, path: Path) -> None:
+    """Publish the ranges ONNX Runtime ``written`` (in a private folder) as cache entry ``path``, atomically."""
+    fsutil.write_bytes(path, written.read_bytes())

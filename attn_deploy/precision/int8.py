@@ -15,6 +15,18 @@ kernels fuse, but TensorRT's ONNX parser rejects ("only activation types allowed
 onnx/onnx-tensorrt#850, microsoft/onnxruntime#17738). TensorRT targets therefore keep float biases
 (``quantize_bias=False``).
 
+Weights use 7 of their 8 bits (``reduce_range``: int8 values in [-64, 64], per-channel scales doubled), on every
+target, so that the INT8 graph computes the same on every x86 CPU. ONNX Runtime's u8s8 / s8s8 kernels on CPUs
+without VNNI (AVX2, AVX-512 before Cascade Lake / Zen 4) multiply with ``vpmaddubsw``, which adds two
+uint8 x int8 products into a saturating int16: 2 x 255 x 127 = 64770 overflows 32767, 2 x 255 x 64 = 32640 cannot.
+VNNI (``vpdpbusd``) and AMX accumulate in int32 and never saturate. Measured on an AMD EPYC with AVX2 only
+(resnet18-eca at 64x64, ``ort-int8``, 4 calibration images): cosine against PyTorch 0.9899 with 8-bit weights
+through ONNX Runtime's integer kernels, 0.9984 for the same Q/DQ graph in exact arithmetic (what VNNI and AMX
+compute), so the export passed on one CPU and was refused on another; with 7-bit weights 0.9974 both ways. The
+cost is a coarser weight step where nothing would have saturated (VNNI, AMX, TensorRT); ONNX Runtime's
+quantization guide recommends ``reduce_range`` for CPUs without VNNI, and an artifact cannot know which CPU it
+will run on. TensorRT targets are checked on ONNX Runtime CPU too, so they need the same.
+
 Attention-aware placement (``int8.keep_gates_fp``): the gates of attention blocks (sigmoid/softmax and the
 multiply they scale, :func:`attn_deploy.precision.policy.attention_gate_nodes`) can be left unquantized. A
 sigmoid gate in INT8 has 128 levels in [0, 1] and scales a whole feature map. Measured (``benchmarks/``
@@ -42,7 +54,13 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from attn_deploy.backends.base import Runner
 from attn_deploy.config import Int8Config
 from attn_deploy.errors import ExportError, exception_summary
-from attn_deploy.precision.calibration import CalibrationSet, calibration_cache_path, calibration_key
+from attn_deploy.precision.calibration import (
+    CalibrationSet,
+    calibration_cache_path,
+    calibration_key,
+    store_cache_entry,
+    usable_cache_entry,
+)
 from attn_deploy.precision.graph import GraphView, ensure_node_names
 from attn_deploy.precision.policy import attention_gate_nodes
 
@@ -67,7 +85,8 @@ class Int8Report:
     cache_hit: bool
     keep_gates_fp: bool
     quantize_bias: bool
-    activations: str  # "uint8 asymmetric" or "int8 symmetric"; weights are int8 symmetric per channel
+    activations: str  # "uint8 asymmetric" or "int8 symmetric"
+    weights: str  # int8 symmetric, per channel or per tensor, 7-bit range (module docstring)
     excluded_nodes: list[str] = field(default_factory=list)
     fallback_nodes: list[str] = field(default_factory=list)  # leading layers kept in float (fallback_cosine)
     qdq_nodes: int = 0
@@ -131,6 +150,7 @@ def quantize_int8(
         keep_gates_fp=config.keep_gates_fp,
         quantize_bias=quantize_bias,
         activations=f"{config.activations} {'symmetric' if config.symmetric else 'asymmetric'}",
+        weights=f"int8 symmetric {'per channel' if config.per_channel else 'per tensor'}, range [-64, 64]",
         excluded_nodes=exclude,
         fallback_nodes=fallback,
         qdq_nodes=qdq,
@@ -158,7 +178,7 @@ def _quantizer(
     """Calibration key, whether its cache exists, and a function quantizing ``model`` with given exclusions."""
     key = calibration_key(model.SerializeToString(), calib.data_hash, config)
     cache_path = calibration_cache_path(key, cache_dir if cache_dir is not None else config.cache_dir)
-    hit = cache_path.is_file()
+    hit = usable_cache_entry(cache_path, CALIBRATION_METHODS[config.calibration])
 
     def quantize(nodes_to_exclude: list[str]) -> onnx.ModelProto:
         return _quantize_static(model, calib, config, nodes_to_exclude, quantize_bias, cache_path)
@@ -215,7 +235,9 @@ def _quantize_static(
     quantize_bias: bool,
     cache_path: Path,
 ) -> onnx.ModelProto:
-    """One ``quantize_static`` call (calibration ranges from / into ``cache_path``)."""
+    """One ``quantize_static`` call: calibration ranges read from ``cache_path`` if it exists (checked by
+    :func:`~attn_deploy.precision.calibration.usable_cache_entry`), else computed into a private file and then
+    stored there atomically."""
     extra_options = {
         "ActivationSymmetric": config.symmetric,
         "WeightSymmetric": True,
@@ -229,6 +251,8 @@ def _quantize_static(
     with tempfile.TemporaryDirectory(prefix="attn-deploy-int8-") as tmp, _quiet_ort_quantization():
         source, out = Path(tmp) / "model.fp32.onnx", Path(tmp) / "model.int8.onnx"
         onnx.save(model, str(source))  # a path, not the proto: ONNX Runtime moves a proto's weights to files
+        cached = cache_path.is_file()
+        ranges = cache_path if cached else Path(tmp) / "calibration.json"
         try:
             quantize_static(
                 source,
@@ -238,16 +262,19 @@ def _quantize_static(
                 per_channel=config.per_channel,
                 activation_type=ACTIVATION_TYPES[config.activations],
                 weight_type=QuantType.QInt8,
+                reduce_range=True,  # 7-bit weights: no u8s8 pair can saturate int16 (module docstring)
                 nodes_to_exclude=exclude,
                 op_types_to_quantize=list(config.op_types) or None,
                 calibrate_method=CALIBRATION_METHODS[config.calibration],
                 extra_options=extra_options,
-                calibration_cache_path=cache_path,
+                calibration_cache_path=ranges,
             )
         except (ValueError, RuntimeError) as exc:
             if "finite-sized bins" in str(exc):
                 raise _NearConstantTensor(str(exc)) from None
             raise ExportError(f"INT8 quantization failed: {exception_summary(exc)}") from None
+        if not cached:
+            store_cache_entry(ranges, cache_path)
         return onnx.load(str(out))
 
 
