@@ -19,7 +19,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
@@ -31,7 +31,7 @@ NAME_MAX = 100
 """Longest name :func:`check_name` accepts (file systems allow 255 bytes; staging adds a prefix and suffix)."""
 _FORBIDDEN = {"/": "'/'", "\\": "'\\'", "\0": "NUL"}
 _STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>new|old|tmp)-(?P<pid>\d+)-[a-z0-9_]+(\.tmp)?$")
-_active: set[Path] = set()  # this process's staging entries, removed when a signal ends it
+_active: dict[Path, list[Path]] = {}  # this process's staging entries -> the folders made for them
 _critical = 0  # depth of critical_section blocks
 _pending: list[int] = []  # signals that arrived inside one
 _announce: Callable[[int], None] | None = None  # set by exit_on_signals
@@ -96,12 +96,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove(path: Path) -> None:
+def _remove(path: Path, made: Sequence[Path] = ()) -> None:
+    """Remove ``path`` (file or tree), then the folders in ``made`` (deepest first) while they are empty."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
         with suppress(OSError):
             path.unlink(missing_ok=True)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def remove_stale_staging(parent: Path) -> None:
@@ -130,8 +136,9 @@ def staging_prefix(name: str, kind: str) -> str:
 @contextmanager
 def staging(parent: Path, name: str, *, directory: bool) -> Iterator[Path]:
     """A new empty hidden file (or directory) in ``parent`` that stands in for ``name`` until renamed onto it;
-    removed on exit if still there, and when a signal ends the process. Stale staging of dead processes in
-    ``parent`` is removed first."""
+    removed on exit if still there, and when a signal ends the process, with the folders made for it when they
+    stay empty. Stale staging of dead processes in ``parent`` is removed first."""
+    made = [p for p in (parent, *parent.parents) if not p.exists()]  # deepest first
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(parent)
     prefix = staging_prefix(name, "new" if directory else "tmp")
@@ -141,12 +148,12 @@ def staging(parent: Path, name: str, *, directory: bool) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=parent)
         os.close(fd)
         path = Path(tmp)
-    _active.add(path)
+    _active[path] = made
     try:
         yield path
     finally:
-        _remove(path)
-        _active.discard(path)
+        _remove(path, made)
+        _active.pop(path, None)
 
 
 @contextmanager
@@ -192,8 +199,8 @@ def exit_on_signals(announce: Callable[[int], None]) -> Iterator[None]:
 
 
 def _exit_now(signum: int) -> None:
-    for path in list(_active):
-        _remove(path)
+    for path, made in list(_active.items()):
+        _remove(path, made)
     if _announce is not None:
         with suppress(Exception):
             _announce(signum)
