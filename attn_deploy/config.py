@@ -285,6 +285,8 @@ def _read_merged(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a UTF-8 text file; give a YAML config") from None
+    except RecursionError:
+        raise ConfigError(f"{path} nests too deeply to be a config; fix the file") from None
     except OSError as exc:
         raise ConfigError(
             f"cannot read {path} ({exc.strerror or exc}); check the path and its permissions"

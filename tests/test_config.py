@@ -87,6 +87,7 @@ def test_extends_merges_deeply_and_never_inherits_the_name(tmp_path: Path):
         ("name: a/b\n", "name 'a/b' cannot be a file or folder name (it contains '/')"),
         ("name: .hidden\n", "it starts with '.'"),
         ("1: 2\n", "unknown key '1'"),
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nests too deeply to be a config"),
     ],
 )
 def test_bad_configs_fail_in_one_line(tmp_path: Path, text: str, message: str):

@@ -302,6 +302,29 @@ def test_a_read_only_out_is_refused_before_any_work(
 # -------------------------------------------------------------------------------------------- integrity
 
 
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("{not json", "is not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, "is not valid JSON"),
+        ("[1, 2]", "is not a JSON object"),
+        ('{"model": "m", "inputs": [], "outputs": []}', "lacks sha256"),
+    ],
+    ids=["syntax", "deep", "list", "no-hash"],
+)
+def test_a_malformed_manifest_is_one_line(
+    artifact: Path, tmp_path: Path, text: str, needle: str, capsys
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(artifact, broken)
+    (broken / "manifest.json").write_text(text)
+    before = snapshot(broken)
+    for argv in (["validate", str(broken)], ["triton-repo", str(broken), "--out", str(tmp_path / "repo")]):
+        assert main(argv) == 2
+        assert_one_red_line(capsys, needle)
+    assert snapshot(broken) == before and not (tmp_path / "repo").exists()
+
+
 def test_validate_refuses_an_artifact_whose_hash_does_not_match(
     artifact: Path, tmp_path: Path, capsys
 ) -> None:
@@ -452,8 +475,12 @@ SIGNAL_SCRIPT = """
 """
 
 
-@pytest.mark.parametrize("mode", ["plain", "critical"])
-def test_a_signal_exits_130_and_removes_staging(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "sig"), [("plain", signal.SIGINT), ("plain", signal.SIGTERM), ("critical", signal.SIGINT)]
+)
+def test_a_signal_exits_128_plus_it_and_removes_staging(
+    tmp_path: Path, mode: str, sig: signal.Signals
+) -> None:
     final = tmp_path / MODEL / "ort-fp32"
     proc = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(SIGNAL_SCRIPT), str(final), mode],
@@ -464,10 +491,10 @@ def test_a_signal_exits_130_and_removes_staging(tmp_path: Path, mode: str) -> No
     )
     if mode == "plain":
         assert proc.stdout.readline().strip() == "ready"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert err.strip() == "interrupted (SIGINT); nothing half-written was left"
+    assert proc.returncode == 128 + sig
+    assert err.strip() == f"interrupted ({sig.name}); nothing half-written was left"
     if mode == "critical":  # the block ran to its end, then the staging went
         assert sorted(p.name for p in final.parent.iterdir()) == ["after-signal"]
     else:

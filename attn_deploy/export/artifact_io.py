@@ -100,7 +100,8 @@ def _swap_in(staging: Path, final: Path) -> None:
 
 
 def load_artifact(directory: str | os.PathLike[str]) -> Artifact:
-    """Read an artifact directory; ``InputError`` (one line) if it is missing or malformed."""
+    """Read an artifact directory; ``InputError`` (one line) if it is missing or malformed, if a name in its
+    manifest is not a plain file name, or if ``model.onnx`` is not the file the manifest's sha256 describes."""
     directory = Path(directory)
     manifest_path = directory / MANIFEST_NAME
     if not manifest_path.is_file():
@@ -110,7 +111,7 @@ def load_artifact(directory: str | os.PathLike[str]) -> Artifact:
         )
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(f"{manifest_path} is not valid JSON ({exc}); re-run `attn-deploy export`") from None
     if not isinstance(manifest, dict):
         raise InputError(f"{manifest_path} is not a JSON object; re-run `attn-deploy export`")
@@ -126,7 +127,7 @@ def load_artifact(directory: str | os.PathLike[str]) -> Artifact:
     if actual != manifest["sha256"]:
         raise InputError(
             f"{artifact.onnx_path} does not match its manifest (sha256 {actual[:12]}..., manifest "
-            f"{str(manifest['sha256'])[:12]}...); re-export it with `attn-deploy export`"
+            f"{str(manifest['sha256'])[:12]}...); {REEXPORT}"
         )
     return artifact
 
