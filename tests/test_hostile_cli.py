@@ -144,6 +144,8 @@ CASES: list[tuple[str, list[str | Callable[[Path], str]], str]] = [
     ("validate-images-huge", ["validate", "{artifact}", "--images", "100000000"], "--images must be"),
     ("validate-seed", ["validate", "{artifact}", "--seed", "-1"], "--seed must be >= 0"),
     ("validate-image-dir", ["validate", "{artifact}", "--image-dir", "/nonexistent"], "does not exist"),
+    ("validate-image-file", ["validate", "{artifact}", "--image-dir", _a_file], "is not a folder"),
+    ("calib-dir-file", [*EXPORT, "--precision", "int8", "--calib-dir", _a_file], "is not a folder"),
     ("validate-config", ["validate", "{artifact}", "--config", _folder], "is a folder"),
     ("validate-not-artifact", ["validate", _folder], "is not an artifact directory"),
     ("triton-out-file", ["triton-repo", "{artifact}", "--out", _a_file], "is a file"),

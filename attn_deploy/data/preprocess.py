@@ -116,7 +116,8 @@ def list_images(directory: str | os.PathLike[str]) -> list[Path]:
     """The jpg/png files in ``directory`` (sorted); a missing or empty directory is an :class:`InputError`."""
     folder = Path(directory)
     if not folder.is_dir():
-        raise InputError(f"image directory {folder} does not exist; pass a folder of .jpg/.png images")
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise InputError(f"image directory {folder} {problem}; pass a folder of .jpg/.png images")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"image directory {folder} holds no .jpg/.png images; add some or omit the option")
