@@ -326,6 +326,34 @@ def test_a_malformed_manifest_is_one_line(
     assert snapshot(broken) == before and not (tmp_path / "repo").exists()
 
 
+@pytest.mark.parametrize(
+    ("update", "needle"),
+    [
+        ({"inputs": "x"}, "inputs is not a list of tensors"),
+        ({"outputs": []}, "outputs is not a list of tensors"),
+        ({"inputs": [{"name": 3}]}, "inputs is not a list of tensors"),
+        (
+            {"preprocess": {"kind": "letterbox", "size": [100000, 100000]}},
+            "is not [height, width] in 1..4096",
+        ),
+        ({"preprocess": {"kind": "letterbox", "size": "big"}}, "is not [height, width] in 1..4096"),
+        ({"preprocess": {"kind": "letterbox", "size": [64, 64], "std": [0, 0, 0]}}, "is malformed"),
+        ({"preprocess": {"kind": "letterbox", "size": [64, 64], "mean": ["a"]}}, "is malformed"),
+    ],
+)
+def test_a_hand_edited_manifest_is_one_line(
+    artifact: Path, tmp_path: Path, update: dict, needle: str, capsys
+) -> None:
+    edited = tmp_path / "edited"
+    shutil.copytree(artifact, edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    (edited / "manifest.json").write_text(json.dumps({**manifest, **update}))
+    before = snapshot(edited)
+    assert main(["validate", str(edited), "--images", "1"]) == 2
+    assert_one_red_line(capsys, needle)
+    assert snapshot(edited) == before
+
+
 def test_validate_refuses_an_artifact_whose_hash_does_not_match(
     artifact: Path, tmp_path: Path, capsys
 ) -> None:

@@ -12,7 +12,7 @@ from rich.table import Table
 from attn_deploy.backends.base import Runner
 from attn_deploy.commands.progress import console
 from attn_deploy.config import ExportConfig
-from attn_deploy.errors import ConfigError
+from attn_deploy.errors import ConfigError, InputError
 
 MAX_IMAGES = 10_000
 """Most images one validation holds (fewer when large: see ``attn_deploy.models.registry.MAX_PIXELS``)."""
@@ -67,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     artifact = load_artifact(args.artifact)
     config = load_config(args.config) if args.config else artifact_config(artifact.manifest)
-    count = len(list_images(args.image_dir)) if args.image_dir and args.images is None else args.images
-    if count is not None:
-        check_count(count, image_size(artifact.manifest), "--images", MAX_IMAGES)
+    size = image_size(artifact.manifest)
+    if size is not None:  # without one, validate_artifact says the artifact needs a re-export
+        count = len(list_images(args.image_dir)) if args.image_dir else config.validation.num_images
+        check_count(count if args.images is None else args.images, size, "--images", MAX_IMAGES)
     runner = make_runner(args.backend, artifact.onnx_path, config, artifact.manifest)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"validate {args.artifact}", total=None)
@@ -102,11 +103,22 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def image_size(manifest: dict[str, Any]) -> tuple[int, int]:
-    """The (H, W) the artifact's images are preprocessed to; (1, 1) when the manifest does not say."""
-    size = (manifest.get("preprocess") or {}).get("size")
-    ok = isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
-    return (size[0], size[1]) if ok else (1, 1)
+def image_size(manifest: dict[str, Any]) -> tuple[int, int] | None:
+    """The (H, W) the artifact's images are preprocessed to (``None`` without a ``preprocess`` entry); an
+    ``InputError`` unless it is two sizes in 1..MAX_SIDE (a hand-edited manifest)."""
+    from attn_deploy.models.registry import MAX_SIDE
+
+    preprocess = manifest.get("preprocess")
+    if not preprocess:
+        return None
+    size = preprocess.get("size") if isinstance(preprocess, dict) else None
+    if not (
+        isinstance(size, list) and len(size) == 2 and all(type(v) is int and 1 <= v <= MAX_SIDE for v in size)
+    ):
+        raise InputError(
+            f"the manifest's preprocess size {size!r} is not [height, width] in 1..{MAX_SIDE}; re-export"
+        )
+    return size[0], size[1]
 
 
 def make_runner(backend: str, onnx_path: Path, config: ExportConfig, manifest: dict[str, Any]) -> Runner:

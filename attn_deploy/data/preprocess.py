@@ -53,10 +53,18 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
-        """From a manifest's ``preprocess`` entry (``kind``, ``size``, optional ``mean``/``std``)."""
-        base = cls.for_kind(str(data["kind"]), data["size"])
-        mean = tuple(float(v) for v in data.get("mean") or base.mean)
-        std = tuple(float(v) for v in data.get("std") or base.std)
+        """From a manifest's ``preprocess`` entry (``kind``, ``size``, optional ``mean``/``std``); a malformed one
+        (hand-edited) is a one-line :class:`InputError`."""
+        try:
+            base = cls.for_kind(str(data["kind"]), data["size"])
+            mean = tuple(float(v) for v in data.get("mean") or base.mean)
+            std = tuple(float(v) for v in data.get("std") or base.std)
+            if len(mean) != 3 or len(std) != 3 or 0.0 in std:
+                raise ValueError("mean and std need three values each, std non-zero")
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            raise InputError(
+                f"preprocess entry {data!r} is malformed; re-export the artifact with attn-deploy"
+            ) from None
         return cls(base.kind, base.size, mean, std)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:

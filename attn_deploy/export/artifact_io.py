@@ -120,6 +120,12 @@ def load_artifact(directory: str | os.PathLike[str]) -> Artifact:
         raise InputError(f"{manifest_path} lacks {', '.join(missing)}; re-run `attn-deploy export`")
     for key in ("model", "onnx"):  # both become file names (Triton model folders, the ONNX path)
         fsutil.check_name(manifest.get(key, ONNX_NAME), f"{manifest_path}: {key}", InputError, fix=REEXPORT)
+    for key in ("inputs", "outputs"):
+        tensors = manifest[key]
+        if not (isinstance(tensors, list) and tensors and all(_is_tensor(t) for t in tensors)):
+            raise InputError(
+                f"{manifest_path}: {key} is not a list of tensors with a name and a shape; {REEXPORT}"
+            )
     artifact = Artifact(directory, manifest)
     if not artifact.onnx_path.is_file():
         raise InputError(f"{artifact.onnx_path} is missing; re-run `attn-deploy export`")
@@ -130,6 +136,14 @@ def load_artifact(directory: str | os.PathLike[str]) -> Artifact:
             f"{str(manifest['sha256'])[:12]}...); {REEXPORT}"
         )
     return artifact
+
+
+def _is_tensor(entry: object) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("name"), str)
+        and isinstance(entry.get("shape"), list)
+    )
 
 
 _hashes: dict[tuple[str, int, int, int], str] = {}
