@@ -97,3 +97,34 @@ def test_mode_leaves_no_global_hooks() -> None:
     before = len(nn.modules.module._global_forward_pre_hooks)
     rewrite_call(nn.AdaptiveAvgPool2d(1), torch.randn(1, 2, 4, 4))
     assert len(nn.modules.module._global_forward_pre_hooks) == before
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter announces its deprecation
+def test_mode_works_under_the_torchscript_tracer() -> None:
+    """The TorchScript exporter (``dynamo=False``, the pipeline's fallback) traces sizes as tensors holding the
+    example's value: pooling to 1 is still rewritten (dynamic ReduceMean), while a kernel that equals the input
+    size only at trace time (a constant 16 here) is left alone, since equality there proves nothing."""
+    import io
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from attn_deploy.rewrite import DeployRewriteMode
+
+    model = Lambda(lambda x: F.adaptive_avg_pool2d(x, (None, 1)) + F.avg_pool2d(x, 16).mean())
+    mode, buffer = DeployRewriteMode(model), io.BytesIO()
+    with mode:
+        torch.onnx.export(
+            model,
+            (torch.randn(2, 8, 16, 16),),
+            buffer,
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}},
+        )
+    assert [s.rule for s in mode.sites] == ["adaptive_avg_pool->reduce_mean"]
+    session = ort.InferenceSession(buffer.getvalue())
+    x = torch.randn(3, 8, 32, 24)
+    (got,) = session.run(None, {"x": x.numpy()})
+    # 1e-5: means of 24-768 O(1) values in FP32; ORT's ISA-specific reductions differ from PyTorch by ~1e-7.
+    assert np.abs(got - model(x).numpy()).max() < 1e-5

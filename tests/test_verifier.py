@@ -134,6 +134,16 @@ class FrozenSqrtDtypeBranch(nn.Module):
         return x / math.sqrt(x.shape[2] * x.shape[3])
 
 
+class PadOddHeight(nn.Module):
+    """Pads odd heights before a stride-2 pool: the branch on ``h % 2`` is frozen at trace time by both exporters,
+    so the graph is wrong at odd heights, which PyTorch accepts."""
+
+    def forward(self, x):
+        if x.shape[2] % 2:
+            x = F.pad(x, (0, 0, 0, 1))
+        return F.max_pool2d(x, 2)
+
+
 def _export(model: nn.Module, tmp_path, **kwargs):
     return export_onnx(
         model, torch.randn(SHAPE), tmp_path / "m.onnx", dynamic_batch=True, dynamic_hw=True, **kwargs
@@ -239,3 +249,10 @@ def test_constant_sample_is_also_verified_on_varied_values(tmp_path) -> None:
     verified a second time on values spread around the sample's."""
     res = export_onnx(nn.Sequential(_conv(), nn.GELU()), torch.zeros(SHAPE), tmp_path / "m.onnx")
     assert res.parity.passed and res.shapes == [SHAPE, SHAPE]
+
+
+def test_graph_wrong_off_the_export_grid_is_refused(tmp_path) -> None:
+    """Verification shapes include one off the export's grid (odd sizes) wherever PyTorch takes it."""
+    with pytest.raises(ExportError, match=r"differs from PyTorch at input shape \(3, 4, 65, 97\)"):
+        _export(PadOddHeight(), tmp_path)
+    assert list(tmp_path.iterdir()) == []

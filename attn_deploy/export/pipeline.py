@@ -226,9 +226,9 @@ def _check_deterministic(first: list[np.ndarray], second: list[np.ndarray], shap
             diff = "its shape changed" if a.shape != b.shape else "they differ"
             raise ExportError(
                 f"the model is nondeterministic: two PyTorch runs on the same input {shape} disagree at output "
-                f"{index} ({diff}); random ops, dropout forced on, in-place updates of buffers or other per-call "
-                "state make every comparison meaningless; remove them from forward (or fix them at eval) and "
-                "export again; nothing was written"
+                f"{index} ({diff}); random ops (torch.rand*, F.dropout without training=self.training), in-place "
+                "buffer updates or other per-call state make any comparison meaningless; make forward "
+                "deterministic in eval mode and export again; nothing was written"
             )
 
 

@@ -81,7 +81,9 @@ def _steps(h: int, w: int) -> list[int]:
 
 def _hw_pairs(h: int, w: int) -> list[tuple[int, int]]:
     """Non-square (H, W) pairs other than the export's (all pairs of the first step, two of each other step),
-    then two square ones for models that need H == W."""
+    then two square ones for models that need H == W. The second pair is the first plus one on each side: off
+    the export's grid, so a graph that holds only at even sizes (a branch on ``h % 2`` frozen at trace time) is
+    caught wherever PyTorch takes odd sizes (skipped where it does not, e.g. YOLO's stride-32 concat)."""
     pairs: list[tuple[int, int]] = []
     squares: list[tuple[int, int]] = []
     for n, step in enumerate(_steps(h, w)):
@@ -95,7 +97,8 @@ def _hw_pairs(h: int, w: int) -> list[tuple[int, int]]:
             if (sh, sw) not in pairs and (sh, sw) != (h, w):
                 found.append((sh, sw))
         pairs += found if n == 0 else found[:2]
-    return pairs + squares[:2]
+    off_grid = [(pairs[0][0] + 1, pairs[0][1] + 1)] if pairs else []
+    return pairs[:1] + off_grid + pairs[1:] + squares[:2]
 
 
 def verification_shapes(
@@ -115,7 +118,10 @@ def verification_shapes(
     batch = shape[0]
     if dynamic_hw and len(shape) == 4:
         for i, (sh, sw) in enumerate(_hw_pairs(shape[2], shape[3])):
-            b = batch + 1 + i % 2 if dynamic_batch else batch
+            k = (
+                i if i < 2 else i - 1
+            )  # the off-grid pair and the one after it share a batch: either is second
+            b = batch + 1 + k % 2 if dynamic_batch else batch
             shapes.append((b, shape[1], sh, sw))
     else:
         shapes += [(batch + k, *shape[1:]) for k in (1, 2)]
