@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 from attn_deploy.errors import AttnDeployError, ConfigError
 
@@ -84,16 +84,37 @@ def check_writable_dir(folder: str | os.PathLike[str], what: str = "--out") -> P
     return folder
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return True  # not a name this module wrote: leave it alone
+def _is_stale(entry: Path, pid: int) -> bool:
+    """True when the process that made staging ``entry`` is gone: ``pid`` runs no process, or it is this
+    process but the entry is not one of its own, or its process started after the entry was last written
+    (the pid was reused: a container's processes start from pid 1 again)."""
+    if pid == os.getpid():
+        return entry.resolve() not in _active
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
         return True
-    return True
+    except (PermissionError, OverflowError, ValueError):
+        return False  # another user's process, or not a pid: leave it alone
+    started = _process_start(pid)
+    try:
+        return started is not None and started > entry.lstat().st_mtime + 2
+    except OSError:
+        return False
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from Linux ``/proc``; ``None`` elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def _remove(path: Path, made: Sequence[Path] = ()) -> None:
@@ -119,7 +140,7 @@ def remove_stale_staging(parent: Path) -> None:
         return
     for entry in entries:
         match = _STAGING.match(entry.name)
-        if not match or _pid_alive(int(match["pid"])):
+        if not match or not _is_stale(entry, int(match["pid"])):
             continue
         kept, final = entry / match["name"], parent / match["name"]
         if match["kind"] == "old" and os.path.lexists(kept) and not os.path.lexists(final):
@@ -128,32 +149,33 @@ def remove_stale_staging(parent: Path) -> None:
         _remove(entry)
 
 
-def staging_prefix(name: str, kind: str) -> str:
-    """Prefix of this process's staging entry of ``name``: ``.<name>.<kind>-<pid>-`` (kind: new, old, tmp)."""
-    return f".{name}.{kind}-{os.getpid()}-"
-
-
 @contextmanager
-def staging(parent: Path, name: str, *, directory: bool) -> Iterator[Path]:
-    """A new empty hidden file (or directory) in ``parent`` that stands in for ``name`` until renamed onto it;
-    removed on exit if still there, and when a signal ends the process, with the folders made for it when they
-    stay empty. Stale staging of dead processes in ``parent`` is removed first."""
+def staging(parent: Path, name: str, kind: Literal["tmp", "new", "old"]) -> Iterator[Path]:
+    """A new hidden entry ``.<name>.<kind>-<pid>-XXXXXXXX`` in ``parent``: a file that becomes ``name`` (tmp),
+    a directory that becomes ``name`` (new), or one that holds the old ``name`` while it is replaced (old).
+
+    Removed on exit (an old one only once ``name`` exists again; else the next staging here restores it), and
+    when a signal ends the process, with the folders made for it while they stay empty. Stale staging of dead
+    processes in ``parent`` is removed first.
+    """
     made = [p for p in (parent, *parent.parents) if not p.exists()]  # deepest first
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(parent)
-    prefix = staging_prefix(name, "new" if directory else "tmp")
-    if directory:
-        path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    else:
+    prefix = f".{name}.{kind}-{os.getpid()}-"
+    if kind == "tmp":
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=parent)
         os.close(fd)
         path = Path(tmp)
-    _active[path] = made
+    else:
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    key = path.resolve()
+    _active[key] = made
     try:
         yield path
     finally:
-        _remove(path, made)
-        _active.pop(path, None)
+        if kind != "old" or os.path.lexists(parent / name):
+            _remove(path, made)
+        _active.pop(key, None)
 
 
 @contextmanager
@@ -225,7 +247,7 @@ DIR_MODE = 0o777 & ~_current_umask()
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
     target = Path(path)
-    with staging(target.parent, target.name, directory=False) as tmp_path:
+    with staging(target.parent, target.name, "tmp") as tmp_path:
         yield tmp_path
         os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, target)

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -449,19 +450,43 @@ def _dead_pid() -> int:
 
 def test_stale_staging_of_dead_processes_is_removed_and_live_ones_kept(tmp_path: Path) -> None:
     parent = tmp_path / "engines" / MODEL
-    dead, live = _dead_pid(), os.getpid()
-    stale_dir = parent / f".ort-fp32.new-{dead}-abcd1234"
-    stale_file = parent / f".manifest.json.tmp-{dead}-abcd1234.tmp"
-    live_dir = parent / f".ort-fp16.new-{live}-abcd1234"
-    aside = parent / f".ort-int8.old-{dead}-abcd1234" / "ort-int8"  # moved aside, never replaced
-    for folder in (stale_dir, live_dir, aside):
-        folder.mkdir(parents=True)
-        (folder / "manifest.json").write_text("{}")
-    stale_file.write_text("half")
-    with staged_directory(parent / "ort-fp32") as staging:
-        (staging / "manifest.json").write_text("{}")
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        time.sleep(0.1)  # its staging below is written after it started
+        dead, live, mine = _dead_pid(), other.pid, os.getpid()
+        stale_dir = parent / f".ort-fp32.new-{dead}-abcd1234"
+        stale_file = parent / f".manifest.json.tmp-{dead}-abcd1234.tmp"
+        live_dir = parent / f".ort-fp16.new-{live}-abcd1234"
+        reused = parent / f".trt-fp16.new-{live}-abcd1234"  # written an hour before that process started
+        earlier_me = parent / f".trt-int8.new-{mine}-abcd1234"  # a previous process with this pid
+        aside = parent / f".ort-int8.old-{dead}-abcd1234" / "ort-int8"  # moved aside, never replaced
+        for folder in (stale_dir, live_dir, reused, earlier_me, aside):
+            folder.mkdir(parents=True)
+            (folder / "manifest.json").write_text("{}")
+        stale_file.write_text("half")
+        os.utime(reused, (time.time() - 3600, time.time() - 3600))
+        with staged_directory(parent / "ort-fp32") as staging:
+            (staging / "manifest.json").write_text("{}")
+        other.kill()
     assert sorted(p.name for p in parent.iterdir()) == [live_dir.name, "ort-fp32", "ort-int8"]
     assert (parent / "ort-int8" / "manifest.json").is_file(), "the old artifact is restored, not lost"
+
+
+def test_a_failed_swap_keeps_the_old_artifact(tmp_path: Path, monkeypatch) -> None:
+    final = tmp_path / MODEL / "ort-fp32"
+    final.mkdir(parents=True)
+    (final / "manifest.json").write_text("old")
+    replace = os.replace
+
+    def disk_full_on_swap(src, dst) -> None:
+        if Path(dst) == final and ".new-" in Path(src).name:
+            raise OSError(28, "No space left on device")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", disk_full_on_swap)
+    with pytest.raises(OSError, match="No space left"), staged_directory(final) as staging:
+        (staging / "manifest.json").write_text("new")
+    assert (final / "manifest.json").read_text() == "old"
+    assert [p.name for p in final.parent.iterdir()] == ["ort-fp32"]
 
 
 def test_sigkill_leaves_staging_that_the_next_write_removes(tmp_path: Path) -> None:

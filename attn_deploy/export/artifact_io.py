@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -74,7 +72,7 @@ def staged_directory(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``final`` (checked by :func:`check_destination`) only if the
     block succeeds. Staging of dead processes next to ``final`` is removed; a signal never cuts the swap."""
     final = check_destination(final)
-    with fsutil.staging(final.parent, final.name, directory=True) as staging:
+    with fsutil.staging(final.parent, final.name, "new") as staging:
         yield staging
         os.chmod(staging, fsutil.DIR_MODE)
         with fsutil.critical_section():
@@ -86,17 +84,13 @@ def _swap_in(staging: Path, final: Path) -> None:
     if not os.path.lexists(final):
         os.replace(staging, final)
         return
-    old = Path(tempfile.mkdtemp(prefix=fsutil.staging_prefix(final.name, "old"), dir=final.parent))
-    try:
-        os.replace(final, old / final.name)
+    with fsutil.staging(final.parent, final.name, "old") as aside:
+        os.replace(final, aside / final.name)
         try:
             os.replace(staging, final)
         except OSError:
-            os.replace(old / final.name, final)
+            os.replace(aside / final.name, final)
             raise
-    finally:
-        if os.path.lexists(final):
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def load_artifact(directory: str | os.PathLike[str]) -> Artifact:
