@@ -20,11 +20,13 @@ import dataclasses
 import io
 import logging
 import os
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import onnx
@@ -126,6 +128,54 @@ def _root_cause(exc: BaseException) -> BaseException:
     return last
 
 
+def _dynamo_export(
+    model: nn.Module,
+    sample: tuple[torch.Tensor, ...],
+    axes: list[dict[int, str]],
+    input_names: list[str],
+    output_names: list[str],
+    opset: int,
+) -> onnx.ModelProto:
+    program = torch.onnx.export(
+        model,
+        sample,
+        dynamo=True,
+        dynamic_shapes=torch_dynamic_shapes(axes) if any(axes) else None,
+        input_names=input_names,
+        output_names=output_names,
+        opset_version=opset,
+        verbose=False,
+    )
+    return cast("torch.onnx.ONNXProgram", program).model_proto
+
+
+def _torchscript_export(
+    model: nn.Module,
+    sample: tuple[torch.Tensor, ...],
+    axes: list[dict[int, str]],
+    input_names: list[str],
+    output_names: list[str],
+    opset: int,
+) -> onnx.ModelProto:
+    """The legacy tracer (``dynamo=False``): the sizes it traces become Shape ops; outputs get the batch axis."""
+    batch_axes = {0: DIM_NAMES[0]} if any(0 in a for a in axes) else {}
+    dynamic_axes = {n: a for n, a in zip(input_names, axes, strict=True) if a}
+    dynamic_axes.update({n: batch_axes for n in output_names if batch_axes})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        torch.onnx.export(
+            model,
+            sample,
+            path,
+            dynamo=False,
+            dynamic_axes=dynamic_axes or None,
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=opset,
+        )
+        return onnx.load(path)
+
+
 def _trace_to_onnx(
     exporter: str,
     model: nn.Module,
@@ -138,44 +188,18 @@ def _trace_to_onnx(
 ) -> tuple[onnx.ModelProto, list[RewriteSite]]:
     """Trace with ``exporter`` ("dynamo": torch.export; "torchscript": the legacy tracer, ``dynamo=False``)."""
     mode = DeployRewriteMode(model) if rewrite else contextlib.nullcontext()
-    dynamic = any(axes)
+    export = _dynamo_export if exporter == "dynamo" else _torchscript_export
     # The exporter logs a warning per torchvision op it cannot register; they are irrelevant here.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), mode:
             warnings.simplefilter("ignore")
-            if exporter == "dynamo":
-                program = torch.onnx.export(
-                    model,
-                    _clones(sample),
-                    dynamo=True,
-                    dynamic_shapes=torch_dynamic_shapes(axes) if dynamic else None,
-                    input_names=input_names,
-                    output_names=output_names,
-                    opset_version=opset,
-                    verbose=False,
-                )
-            else:
-                batch_axes = {0: DIM_NAMES[0]} if any(0 in a for a in axes) else {}
-                dynamic_axes = {n: a for n, a in zip(input_names, axes, strict=True) if a}
-                dynamic_axes.update({n: batch_axes for n in output_names if batch_axes})
-                torch.onnx.export(
-                    model,
-                    _clones(sample),
-                    buffer,
-                    dynamo=False,
-                    dynamic_axes=dynamic_axes or None,
-                    input_names=input_names,
-                    output_names=output_names,
-                    opset_version=opset,
-                )
+            proto = export(model, _clones(sample), axes, input_names, output_names, opset)
     except Exception as exc:
         cause = _root_cause(exc)
         if isinstance(cause, AttnDeployError):
             raise cause from None
         raise ExportError(f"torch.onnx.export failed: {exception_summary(cause, fold=True)}") from None
-    proto = program.model_proto if exporter == "dynamo" else onnx.load_from_string(buffer.getvalue())
     rename_dims(proto, axes)
     return proto, (list(mode.sites) if isinstance(mode, DeployRewriteMode) else [])
 
@@ -411,19 +435,31 @@ def export_onnx(
 
     Args:
         model: any ``nn.Module`` (put in eval mode).
-        sample: one input tensor or a tuple of them, at the export shape.
+        sample: one input tensor or a tuple of them, at the export shape; never modified (every PyTorch run
+            gets a copy, so a model that writes into its input is compared honestly). A constant sample (zeros)
+            is also verified on varied values.
         path: where to write the ``.onnx`` file (atomically; nothing is written on failure).
         dynamic_batch: make dim 0 of every input dynamic ("batch").
         dynamic_hw: make dims 2 and 3 of 4-D inputs dynamic ("height", "width").
         opset: ONNX opset (TensorRT parses up to 20).
         simplify: run onnxslim on the graph.
-        verify: compare ONNX Runtime with PyTorch at the export shape and, when dynamic, two unseen shapes.
+        verify: compare ONNX Runtime with PyTorch at the export shape and, when dynamic, two unseen shapes the
+            PyTorch model accepts; refuse nondeterministic models (two runs differ), modules stuck in train mode
+            and non-finite PyTorch outputs.
         rewrite: apply the deploy rewrites while tracing (``False`` gives the naive export, for comparison).
         input_names / output_names: graph names (default ``images`` / ``output0..N``).
         atol, rtol: an output passes when every element is within ``atol + rtol * max|reference|`` (graphs
             with TopK may have 0.1% of elements past it: a last-bit difference can flip a selection);
         min_cosine: lowest cosine similarity allowed per output.
         on_stage: called with a stage name as each stage starts (progress display).
+
+    The dynamo exporter is tried first; when it fails, freezes a dynamic dim or its graph does not verify, the
+    TorchScript exporter is tried the same way (``ExportResult.exporter`` says which one wrote the file).
+
+    Raises:
+        StaticShapeError: the model runs at too few shapes for the requested dynamic dims (``cli_hint``).
+        UnsupportedOpError: an op or pattern the deploy rules refuse.
+        ExportError: any other failure; nothing is written.
     """
     started = time.perf_counter()
     timer = _StageTimer(on_stage)
