@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return int(args.func(args) or 0)
         except AttnDeployError as exc:
-            return fail(str(exc))
+            return fail(getattr(exc, "cli_hint", None) or str(exc))  # the hint names flags, not API arguments
         except OSError as exc:
             where = f" ({exc.filename})" if exc.filename else ""
             return fail(

@@ -405,6 +405,7 @@ def resolve_export_config(
     precision: str | None = None,
     *,
     dynamic: bool = False,
+    dynamic_hw: bool | None = None,
     opset: int | None = None,
     calib_method: str | None = None,
     calib_dir: str | os.PathLike[str] | None = None,
@@ -414,7 +415,8 @@ def resolve_export_config(
 
     ``--precision P`` alone means ``ort-P`` (``ort-P-dynamic`` with ``--dynamic``); with ``--config`` it must
     agree with the config. ``--dynamic`` on a static config makes both axes dynamic and names the target
-    ``<name>-dynamic``. ``--calib-method`` and ``--calib-dir`` need an INT8 target.
+    ``<name>-dynamic``; ``--dynamic-batch`` (``dynamic_hw=False``) makes the batch alone dynamic, target
+    ``<name>-dynamic-batch``. ``--calib-method`` and ``--calib-dir`` need an INT8 target.
     """
     if opset is not None:
         check_opset(opset, "--opset")
@@ -422,7 +424,8 @@ def resolve_export_config(
         if calib_method or calib_dir:
             raise ConfigError("--calib-method/--calib-dir need --precision int8 or an int8 --config")
         return None
-    suffix = "-dynamic" if dynamic else ""
+    hw = dynamic if dynamic_hw is None else dynamic_hw and dynamic
+    suffix = "-dynamic" if dynamic and hw else ""
     loaded = load_config(config if config is not None else f"ort-{precision}{suffix}")
     if precision is not None and precision != loaded.precision:
         raise ConfigError(
@@ -430,8 +433,11 @@ def resolve_export_config(
             f"drop one of them or use a {precision} config"
         )
     overrides: dict[str, Any] = {}
-    if dynamic and not (loaded.dynamic.batch and loaded.dynamic.hw):
+    if dynamic and hw and not (loaded.dynamic.batch and loaded.dynamic.hw):
         overrides.update({"dynamic.batch": True, "dynamic.hw": True, "name": f"{loaded.name}-dynamic"})
+    elif dynamic and not hw and (loaded.dynamic.hw or not loaded.dynamic.batch):
+        name = f"{loaded.name.removesuffix('-dynamic')}-dynamic-batch"
+        overrides.update({"dynamic.batch": True, "dynamic.hw": False, "name": name})
     if opset is not None:
         overrides["opset"] = opset
     if (calib_method or calib_dir) and loaded.precision != "int8":

@@ -25,6 +25,20 @@ class ExportError(AttnDeployError):
     """Export produced a graph that fails, or that differs from PyTorch; nothing was written."""
 
 
+class StaticShapeError(ExportError):
+    """The model runs at fewer shapes than the requested dynamic dims need.
+
+    ``str(exc)`` names the API arguments to use (``dynamic_hw=False, dynamic_batch=True``); ``cli_hint`` is the
+    same one-line message for the command line, naming flags instead; ``dynamic_batch_ok`` says whether a dynamic
+    batch alone (static H/W) would work.
+    """
+
+    def __init__(self, message: str, cli_hint: str, dynamic_batch_ok: bool) -> None:
+        super().__init__(message)
+        self.cli_hint = cli_hint
+        self.dynamic_batch_ok = dynamic_batch_ok
+
+
 class UnsupportedOpError(ExportError):
     """The graph holds an op or pattern the target runtime cannot take."""
 

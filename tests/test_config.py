@@ -140,6 +140,11 @@ def test_export_shortcuts():
     assert resolve_export_config() is None
     assert resolve_export_config(precision="fp16").name == "ort-fp16"
     assert resolve_export_config(precision="int8", dynamic=True).name == "ort-int8-dynamic"
+    batch_only = resolve_export_config(precision="fp16", dynamic=True, dynamic_hw=False)
+    assert batch_only.name == "ort-fp16-dynamic-batch"
+    assert (batch_only.dynamic.batch, batch_only.dynamic.hw) == (True, False)
+    from_dynamic = resolve_export_config("ort-fp32-dynamic", dynamic=True, dynamic_hw=False)
+    assert from_dynamic.name == "ort-fp32-dynamic-batch" and not from_dynamic.dynamic.hw
     config = resolve_export_config("trt-fp16", dynamic=True, opset=17)
     assert (config.name, config.dynamic.batch, config.dynamic.hw, config.opset) == (
         "trt-fp16-dynamic",

@@ -80,6 +80,18 @@ def test_user_error_has_no_traceback_in_a_real_process(tmp_path) -> None:
     assert "Traceback" not in proc.stderr and "resnet50-se" in proc.stderr
 
 
+def test_dynamic_batch_alone(tmp_path, capsys) -> None:
+    out = ["--out", str(tmp_path)]
+    assert main(["export", "--model", "resnet18-se", "--imgsz", "64", "--dynamic-batch", *out]) == 0
+    manifest = json.loads((tmp_path / "resnet18-se" / "ort-fp32" / "manifest.json").read_text())
+    assert manifest["dynamic"] == {"batch": True, "hw": False}
+    assert manifest["inputs"][0]["shape"] == ["batch", 3, 64, 64]
+    assert [s[0] for s in manifest["parity"]["shapes"]] == [1, 2, 3]  # verified at three batch sizes
+    with pytest.raises(SystemExit) as exc:  # argparse: the two flags exclude each other
+        main(["export", "--model", "resnet18-se", "--dynamic", "--dynamic-batch"])
+    assert exc.value.code == 2
+
+
 def test_export_with_user_weights_records_them(tmp_path, capsys) -> None:
     """A plain (attention-free) checkpoint loads into an attention model; the manifest names the file."""
     import torch

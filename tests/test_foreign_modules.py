@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attn_deploy import export_onnx
-from attn_deploy.errors import ExportError, UnsupportedOpError
-from attn_deploy.export.pipeline import StaticShapeError
+from attn_deploy.errors import ExportError, StaticShapeError, UnsupportedOpError
 from tests.conftest import assert_ort_matches_torch
 
 UNSEEN = [(2, 32, 24, 40), (3, 32, 17, 23)]
@@ -285,7 +284,10 @@ def test_single_hw_module_is_refused_with_dynamic_batch_offer(tmp_path) -> None:
         export_onnx(FlattenLinear(), torch.randn(1, 4, 16, 16), out, dynamic_batch=True, dynamic_hw=True)
     assert "H/W cannot be dynamic for this model" in str(err.value)
     assert "dynamic_hw=False, dynamic_batch=True" in str(err.value)
-    assert "--dynamic" in err.value.cli_hint and "dynamic_hw" not in err.value.cli_hint
+    assert (
+        "--dynamic-batch instead of --dynamic" in err.value.cli_hint
+        and "dynamic_hw" not in err.value.cli_hint
+    )
     assert err.value.dynamic_batch_ok and not out.exists()
     res = export_onnx(FlattenLinear(), torch.randn(1, 4, 16, 16), out, dynamic_batch=True)
     assert res.parity.passed and [s[0] for s in res.shapes] == [1, 2, 3]

@@ -19,7 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="zoo model, e.g. yolov8-eca, yolov8s-cbam, resnet50-se")
     p.add_argument("--imgsz", default=None, help="input size: 640 or H,W (default: the model's)")
     p.add_argument("--batch", type=int, default=1, help="batch size of the export shape (default 1)")
-    p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
+    dyn = p.add_mutually_exclusive_group()
+    dyn.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
+    dyn.add_argument(
+        "--dynamic-batch", action="store_true", help="dynamic batch only (fixed H/W, for models that need it)"
+    )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; TensorRT parses <= 20)")
     p.add_argument("--weights", default=None, help="state_dict .pt/.pth to load (default: built-in weights)")
     p.add_argument("--out", default="engines", help="output root (default engines/)")
@@ -48,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     config = resolve_export_config(
         args.config,
         args.precision,
-        dynamic=args.dynamic,
+        dynamic=args.dynamic or args.dynamic_batch,
+        dynamic_hw=not args.dynamic_batch,
         opset=args.opset,
         calib_method=args.calib_method,
         calib_dir=args.calib_dir,
@@ -60,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
             args.model,
             imgsz=args.imgsz,
             batch=args.batch,
-            dynamic=args.dynamic,
+            dynamic=args.dynamic or args.dynamic_batch,
+            dynamic_hw=not args.dynamic_batch,
             opset=args.opset or 18,
             weights=args.weights,
             out_root=args.out,

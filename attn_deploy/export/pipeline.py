@@ -36,7 +36,13 @@ from torch import nn
 from attn_deploy import fsutil
 from attn_deploy.backends.ort import make_session
 from attn_deploy.backends.torch_runner import flatten_outputs
-from attn_deploy.errors import AttnDeployError, ExportError, UnsupportedOpError, exception_summary
+from attn_deploy.errors import (
+    AttnDeployError,
+    ExportError,
+    StaticShapeError,
+    UnsupportedOpError,
+    exception_summary,
+)
 from attn_deploy.export.lint import LintIssue, lint_tensorrt
 from attn_deploy.export.shapes import (
     DIM_NAMES,
@@ -72,20 +78,6 @@ class ExportResult:
     lint: list[LintIssue] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     exporter: str = "dynamo"
-
-
-class StaticShapeError(ExportError):
-    """The model runs at fewer shapes than the requested dynamic dims need.
-
-    ``str(exc)`` names the API arguments to use (``dynamic_hw=False, dynamic_batch=True``); ``cli_hint`` is the
-    same one-line message for a command line, naming flags instead; ``dynamic_batch_ok`` says whether a dynamic
-    batch alone (static H/W) would work.
-    """
-
-    def __init__(self, message: str, cli_hint: str, dynamic_batch_ok: bool) -> None:
-        super().__init__(message)
-        self.cli_hint = cli_hint
-        self.dynamic_batch_ok = dynamic_batch_ok
 
 
 Case = tuple[tuple[int, ...], tuple[torch.Tensor, ...], list[np.ndarray]]  # shape, inputs, PyTorch outputs
@@ -336,7 +328,7 @@ def _refuse_static(
         what = f"H/W cannot be dynamic for this model: PyTorch runs it at {shape[2]}x{shape[3]} only (tried {tried})"
         return StaticShapeError(
             f"{what}; export with dynamic_hw=False, dynamic_batch=True (a dynamic batch works); nothing was written",
-            f"{what}; export without --dynamic (a dynamic batch alone works for this model); nothing was written",
+            f"{what}; use --dynamic-batch instead of --dynamic (a dynamic batch works); nothing was written",
             dynamic_batch_ok=True,
         )
     what = f"the model runs at its export shape {shape} only (tried {tried})"

@@ -84,6 +84,7 @@ def export_zoo_model(
     imgsz: int | str | tuple[int, int] | None = None,
     batch: int = 1,
     dynamic: bool = False,
+    dynamic_hw: bool | None = None,
     opset: int = 18,
     weights: str | os.PathLike[str] | None = None,
     out_root: str | os.PathLike[str] = "engines",
@@ -96,9 +97,10 @@ def export_zoo_model(
     """Create zoo model ``name`` and export it, verified, to ``<out_root>/<canonical name>/<target>/``.
 
     The sample input is a deterministic synthetic image, preprocessed as the model expects.
-    ``dynamic`` makes batch, height and width dynamic. A ``config`` (export_configs/*.yaml) decides the
-    target name, opset, dynamic axes and precision instead (INT8 calibrates on ``calib_dir`` images, or on
-    synthetic ones), and the precision graph is checked against PyTorch under its tolerances.
+    ``dynamic`` makes batch, height and width dynamic (``dynamic_hw=False``: the batch alone). A ``config``
+    (export_configs/*.yaml) decides the target name, opset, dynamic axes and precision instead (INT8
+    calibrates on ``calib_dir`` images, or on synthetic ones), and the precision graph is checked against
+    PyTorch under its tolerances.
     """
     spec = model_spec(name)
     size = parse_imgsz(imgsz, spec)
@@ -112,7 +114,7 @@ def export_zoo_model(
     model = create_model(name, weights=weights)
     sample = spec.normalize(synthetic_images(batch, size, seed=SAMPLE_SEED))
     stage = None
-    dynamic_batch = dynamic_hw = dynamic
+    dynamic_batch, dynamic_hw = dynamic, dynamic if dynamic_hw is None else dynamic and dynamic_hw
     if config is not None:
         dynamic_batch, dynamic_hw = config.dynamic.batch, config.dynamic.hw
         preprocess = PreprocessSpec.from_dict(preprocess_info(spec, size))
