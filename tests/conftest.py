@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -58,6 +62,27 @@ def assert_ort_matches_torch(
             continue
         exact = torch_outputs(copy.deepcopy(model).double(), [x.double()])
         assert within_fp32_noise(refs, exact, gots), f"shape {shape}: max abs errs {errs} > {limits}"
+
+
+@dataclass(frozen=True)
+class CliExport:
+    """An artifact written by ``attn-deploy export`` and what the command printed."""
+
+    dir: Path
+    out: str
+
+
+@pytest.fixture(scope="session")
+def yolo_dynamic_export(tmp_path_factory: pytest.TempPathFactory) -> CliExport:
+    """``attn-deploy export --model yolov8n-eca --imgsz 128 --dynamic``, once per session: a dynamic YOLO trace
+    costs ~25 s on 2 cores, and the CLI test, the zoo test and the server's stride test all read this one."""
+    from attn_deploy.cli import main
+
+    root = tmp_path_factory.mktemp("yolo-dynamic")
+    args = ["export", "--model", "yolov8n-eca", "--imgsz", "128", "--dynamic", "--out", str(root)]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(args) == 0
+    return CliExport(root / "yolov8n-eca" / "ort-fp32", printed.getvalue())
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import onnx
 import pytest
 
 from attn_deploy.cli import main
+from tests.conftest import CliExport
 
 
 def test_list_prints_params_and_gflops(capsys) -> None:
@@ -21,15 +22,13 @@ def test_list_prints_params_and_gflops(capsys) -> None:
     assert "28.60" in out  # GFLOPs at 640
 
 
-def test_export_writes_a_verified_artifact(tmp_path, capsys) -> None:
-    code = main(["export", "--model", "yolov8n-eca", "--imgsz", "128", "--dynamic", "--out", str(tmp_path)])
-    assert code == 0
-    out = capsys.readouterr().out
+def test_export_writes_a_verified_artifact(yolo_dynamic_export: CliExport) -> None:
+    out = yolo_dynamic_export.out
     assert (
         "PASSED" in out and "Ops before / after simplify" in out and "adaptive_avg_pool->reduce_mean" in out
     )
 
-    art = tmp_path / "yolov8n-eca" / "ort-fp32"
+    art = yolo_dynamic_export.dir
     assert sorted(p.name for p in art.iterdir()) == ["manifest.json", "model.onnx", "report.md"]
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["model"] == "yolov8n-eca" and manifest["task"] == "detect"
@@ -49,7 +48,7 @@ def test_export_writes_a_verified_artifact(tmp_path, capsys) -> None:
     assert manifest["rewrites"] == ["adaptive_avg_pool->reduce_mean"]
     assert manifest["weights"] is None  # built-in weights
     onnx.checker.check_model(str(art / "model.onnx"))
-    assert not [p for p in tmp_path.rglob(".*")], "no temporary files are left behind"
+    assert not [p for p in art.parent.parent.rglob(".*")], "no temporary files are left behind"
 
 
 @pytest.mark.parametrize(

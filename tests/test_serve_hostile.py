@@ -22,6 +22,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from attn_deploy.export.artifact_io import load_artifact
 from attn_deploy.serve.metrics import fetch_metrics
 from attn_deploy.serve.model_pool import ServeOptions
 from attn_deploy.serve.server import BackgroundServer
@@ -32,6 +33,7 @@ from tests._serve_helpers import (
     make_uint8_artifact,
     raw_request,
 )
+from tests.conftest import CliExport
 
 MODEL = "tiny-gate"
 UINT8 = "u8-head"
@@ -185,11 +187,8 @@ def test_min_size_from_the_manifest(server: BackgroundServer) -> None:
     assert _raw(server, "POST", _infer_path(FPN_MIN), body, headers)[0] == 200
 
 
-@pytest.mark.slow
-def test_dynamic_yolo_zoo_artifact_refuses_sizes_off_stride_32(tmp_path: Path) -> None:
-    from attn_deploy.export.zoo import export_zoo_model
-
-    artifact, _ = export_zoo_model("yolov8n-none", imgsz=64, dynamic=True, out_root=tmp_path)
+def test_dynamic_yolo_zoo_artifact_refuses_sizes_off_stride_32(yolo_dynamic_export: CliExport) -> None:
+    artifact = load_artifact(yolo_dynamic_export.dir)
     assert artifact.manifest["preprocess"]["stride"] == 32
     assert "min_size" not in artifact.manifest["preprocess"]
     with BackgroundServer([artifact.dir], ServeOptions(max_batch=1)) as srv:
