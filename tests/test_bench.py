@@ -155,6 +155,7 @@ def test_cli_bad_options_give_one_line_errors(
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_cli_json_schema_and_report_on_a_tiny_run(tmp_path: Path) -> None:
     out, report = tmp_path / "bench.json", tmp_path / "report"
     argv = ["bench", "--model", "resnet18-none", "--imgsz", "64", "--runs", "3", "--warmup-s", "0"]
@@ -194,6 +195,7 @@ def test_cli_json_schema_and_report_on_a_tiny_run(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ attention table
 
 
+@pytest.mark.slow
 def test_attention_table_lists_every_attention_with_overhead_vs_none() -> None:
     names = [f"resnet18-{a}" for a in resolve_attentions("all")]
     run = bench_models(names, backends=["torch"], imgsz=64, runs=1, warmup_s=0, threads=1)

@@ -18,12 +18,19 @@ CHANNELS = 64
 UNSEEN = [(2, 3, 24, 40), (3, 3, 17, 23), (1, 3, 48, 8)]
 
 
+FAST = ("se", "eca", "cbam", "simam")
+
+
 def with_stem(name: str) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, CHANNELS, 3, padding=1), create_attention(name, CHANNELS)).eval()
 
 
-@pytest.mark.parametrize("name", [n for n in list_attention() if n != "none"])
+@pytest.mark.parametrize(
+    "name",
+    # make test-fast keeps four (~2-3 s each on 2 cores); the others (sparse ~8 s) run in make test
+    [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in list_attention() if n != "none"],
+)
 def test_attention_exports_equal_at_every_shape(name: str, tmp_path) -> None:
     model = with_stem(name)
     for shape in UNSEEN[:2]:

@@ -14,6 +14,7 @@ from attn_deploy.cli import main
 from tests.conftest import CliExport
 
 
+@pytest.mark.slow
 def test_list_prints_params_and_gflops(capsys) -> None:
     assert main(["list", "--arch", "yolov8s"]) == 0
     out = capsys.readouterr().out
@@ -22,6 +23,7 @@ def test_list_prints_params_and_gflops(capsys) -> None:
     assert "28.60" in out  # GFLOPs at 640
 
 
+@pytest.mark.slow
 def test_export_writes_a_verified_artifact(yolo_dynamic_export: CliExport) -> None:
     out = yolo_dynamic_export.out
     assert (
@@ -68,6 +70,7 @@ def test_bad_input_is_one_red_line(argv, needle, tmp_path, capsys) -> None:
     assert not list(tmp_path.iterdir()), "nothing is written on a user error"
 
 
+@pytest.mark.slow
 def test_user_error_has_no_traceback_in_a_real_process(tmp_path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "attn_deploy.cli", "export", "--model", "resnet5-se", "--out", str(tmp_path)],
@@ -79,6 +82,7 @@ def test_user_error_has_no_traceback_in_a_real_process(tmp_path) -> None:
     assert "Traceback" not in proc.stderr and "resnet50-se" in proc.stderr
 
 
+@pytest.mark.slow
 def test_dynamic_batch_alone(tmp_path, capsys) -> None:
     out = ["--out", str(tmp_path)]
     assert main(["export", "--model", "resnet18-se", "--imgsz", "64", "--dynamic-batch", *out]) == 0
@@ -91,6 +95,7 @@ def test_dynamic_batch_alone(tmp_path, capsys) -> None:
     assert exc.value.code == 2
 
 
+@pytest.mark.slow
 def test_export_with_user_weights_records_them(tmp_path, capsys) -> None:
     """A plain (attention-free) checkpoint loads into an attention model; the manifest names the file."""
     import torch

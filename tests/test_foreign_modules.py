@@ -158,6 +158,7 @@ def test_foreign_module_exports_correctly(name: str, tmp_path) -> None:
     assert_ort_matches_torch(model, res.path, UNSEEN)
 
 
+@pytest.mark.slow
 def test_naive_export_of_blog_ema_is_refused_not_written(tmp_path) -> None:
     """Without the rewrites the exporter freezes adaptive pooling at the export size: the verifier must catch it."""
     model = randomised(BlogEMA(32))

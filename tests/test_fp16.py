@@ -171,6 +171,7 @@ def test_control_flow_is_refused():
         convert_fp16(model)
 
 
+@pytest.mark.slow
 def test_zoo_model_keeps_cosine(tmp_path):
     """EMA (GroupNorm -> InstanceNormalization) in a real backbone, through the export pipeline."""
     from attn_deploy import create_model, export_onnx

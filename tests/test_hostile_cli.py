@@ -574,6 +574,7 @@ STAGE_SIGNAL_SCRIPT = """
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["build model", "trace", "verify"])
 def test_ctrl_c_in_any_export_stage_exits_130_cleanly(tmp_path: Path, stage: str) -> None:
     out = tmp_path / "engines"

@@ -273,6 +273,7 @@ def test_histogram_calibration_falls_back_to_minmax_on_a_near_constant_tensor(tm
     assert report.qdq_nodes > 0 and quantized.graph.node
 
 
+@pytest.mark.slow
 def test_the_trained_int8_benchmark_runs_end_to_end(tmp_path, monkeypatch):
     # benchmarks/int8_trained.py at toy size: train, export, quantize per target, score against labels.
     from benchmarks import int8_trained

@@ -187,6 +187,7 @@ def test_min_size_from_the_manifest(server: BackgroundServer) -> None:
     assert _raw(server, "POST", _infer_path(FPN_MIN), body, headers)[0] == 200
 
 
+@pytest.mark.slow
 def test_dynamic_yolo_zoo_artifact_refuses_sizes_off_stride_32(yolo_dynamic_export: CliExport) -> None:
     artifact = load_artifact(yolo_dynamic_export.dir)
     assert artifact.manifest["preprocess"]["stride"] == 32
@@ -582,6 +583,7 @@ def test_serve_cli_rejects_bad_numbers_before_loading_models(
     assert len(lines) == 1 and fragment in lines[0], lines
 
 
+@pytest.mark.slow
 def test_serve_command_exits_2_with_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "attn_deploy.cli", "serve", str(tmp_path), "--port", "70000"],

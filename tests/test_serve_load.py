@@ -57,6 +57,7 @@ def _sequential_results(artifact: Path, inputs: list[list[dict[str, np.ndarray]]
     return [[session.run(["pooled"], feed)[0] for feed in row] for row in inputs]
 
 
+@pytest.mark.slow
 def test_16_clients_x_100_requests_batched_without_cross_talk(artifact: Path) -> None:
     inputs = _inputs(CLIENTS, REQUESTS)
     expected = _sequential_results(artifact, inputs)
@@ -73,6 +74,7 @@ def test_16_clients_x_100_requests_batched_without_cross_talk(artifact: Path) ->
     assert "server stopped" in server.output  # SIGTERM: graceful stop, exit code 0
 
 
+@pytest.mark.slow
 def test_batching_off_runs_each_request_alone(artifact: Path) -> None:
     inputs = _inputs(4, 25)
     expected = _sequential_results(artifact, inputs)

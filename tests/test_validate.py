@@ -116,6 +116,7 @@ def test_validate_classifier_writes_reports_and_polygraphy_data(classifier: Path
     assert np.asarray(iterations[0]["logits"]).shape == (1, 1000)
 
 
+@pytest.mark.slow
 def test_validate_detector_reports_box_agreement(tmp_path: Path):
     artifact, _ = export_zoo_model("yolov8n-eca", imgsz=64, out_root=tmp_path, config=load_config("ort-fp32"))
     report = validate_artifact(artifact.dir, num_images=2)
@@ -123,6 +124,7 @@ def test_validate_detector_reports_box_agreement(tmp_path: Path):
     assert report.checks[-1].metric == "box agreement" and report.details["boxes"]["reference_boxes"] > 0
 
 
+@pytest.mark.slow
 def test_int8_export_a_tolerance_miss_a_corrupt_cache_and_a_broken_graph(tmp_path: Path, monkeypatch, caplog):
     # Why ort-int8's cosine >= 0.99 holds on every x86-64 CPU with margin: INT8 weights use 7 bits, so ONNX
     # Runtime's integer kernels sum exactly on AVX2, AVX-512, VNNI and AMX alike (test_int8.py::
@@ -188,6 +190,7 @@ def test_cli_validate_and_one_line_errors(classifier: Path, tmp_path: Path, caps
     assert "holds no .jpg/.png images" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_classifier_on_the_user_s_own_images(tmp_path: Path, monkeypatch, capsys):
     # The user flow: a 10-class fine-tuned checkpoint, INT8 calibrated on their images, validated on others.
     # ort-int8's gate (cosine >= 0.99) passes at 0.9963 (export) and 0.9964 (validate) on an AVX2 EPYC, the same

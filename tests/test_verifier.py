@@ -198,6 +198,7 @@ def test_train_mode_model_is_exported_in_eval_and_stays_eval(tmp_path) -> None:
     assert np.abs(got - expected).max() < 1e-4  # FP32 conv + BN affine, O(1) values: ISA noise ~1e-6
 
 
+@pytest.mark.slow
 def test_all_zero_output_and_identity_pass_exactly(tmp_path) -> None:
     for model in (Zeros(), Identity()):
         res = _export(model, tmp_path)

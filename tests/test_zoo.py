@@ -250,6 +250,7 @@ def test_default_weights_are_deterministic() -> None:
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
 
 
+@pytest.mark.slow
 def test_default_weights_are_the_same_in_another_process() -> None:
     code = (
         "import torch; from attn_deploy.models import create_model; "

@@ -51,6 +51,7 @@ def test_cases_cover_every_attention() -> None:
     assert covered == set(list_attention())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention", RESNET_CASES)
 def test_resnet_exports_dynamic_and_matches(attention: str, tmp_path) -> None:
     name = f"resnet18-{attention}"
@@ -64,6 +65,7 @@ def test_resnet_exports_dynamic_and_matches(attention: str, tmp_path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_zoo_yolo_exported_dynamic_by_the_cli_matches(yolo_dynamic_export: CliExport) -> None:
     onnx_path = yolo_dynamic_export.dir / "model.onnx"
     assert lint_tensorrt(onnx.load(onnx_path)) == []
