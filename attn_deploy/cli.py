@@ -1,7 +1,10 @@
 """`attn-deploy` command line: thin. Parses arguments, calls the library, prints.
 
 Each sub-command lives in ``attn_deploy/commands/<name>.py`` and exposes ``register(subparsers)``,
-which adds its parser and sets ``func`` (called with the parsed arguments, returns an exit code).
+which adds its parser and sets ``func`` (called with the parsed arguments, returns an exit code). A command
+imports only what it runs: a command module's top level holds its parser and light imports, and ``run`` imports
+the library it needs (torch, onnxslim, ONNX Runtime), so ``--help``, parsing, ``serve`` and ``triton-repo``
+never load torch (``tests/test_light_cli.py``).
 
 Exit codes: 0 done, 1 a check failed, 2 a user error (one red line: an ``AttnDeployError``, or the system
 refusing a file (``OSError``: permissions, a file where a folder belongs, a full disk) or memory), 128 + signal
@@ -41,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``attn-deploy`` console script."""
-    with exit_on_signals(announce_interrupt):  # first: building the parser imports torch, seconds long
+    with exit_on_signals(announce_interrupt):  # first: a command's imports (torch) take seconds
         args = build_parser().parse_args(argv)
         try:
             return int(args.func(args) or 0)

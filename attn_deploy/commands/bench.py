@@ -88,6 +88,7 @@ def bench_progress(
 
 def print_table(data: object) -> None:
     """Print a :class:`attn_deploy.bench.render.TableData` as a rich table with its notes."""
+    # a command imports only what it runs: the bench package loads when bench does
     from attn_deploy.bench.render import TableData
 
     assert isinstance(data, TableData)
@@ -103,6 +104,7 @@ def print_table(data: object) -> None:
 
 def check_options(args: argparse.Namespace, names: list[str]) -> None:
     """Bounds of the sizes, timing options and output paths: one-line errors before any model is built."""
+    # a command imports only what it runs: the model zoo (torch) loads when bench does
     from attn_deploy.errors import ConfigError
     from attn_deploy.export.zoo import parse_imgsz
     from attn_deploy.fsutil import check_writable_dir
@@ -128,6 +130,7 @@ def check_options(args: argparse.Namespace, names: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Parse the options (fast, one-line errors), run the benchmark, print and write the reports."""
+    # a command imports only what it runs: torch, the zoo and the runners load when bench does
     from attn_deploy.bench import render
     from attn_deploy.bench.attention_cost import attention_table, resolve_attentions
     from attn_deploy.bench.backends import BACKENDS, PRECISIONS, parse_choices

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from attn_deploy.commands.progress import console, stage_progress
-from attn_deploy.export.artifact_io import Artifact
-from attn_deploy.export.pipeline import ExportResult
-from attn_deploy.precision.stage import summary_tables
 from attn_deploy.report import fmt
+
+if TYPE_CHECKING:
+    from attn_deploy.export.artifact_io import Artifact
+    from attn_deploy.export.pipeline import ExportResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export and print the summary."""
+    # the export pipeline (torch, onnxslim) loads only when a command runs it: parsing stays light
     from attn_deploy.config import resolve_export_config
     from attn_deploy.data.preprocess import check_image_dir
     from attn_deploy.export.zoo import export_zoo_model
@@ -81,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
 def print_export_summary(artifact: Artifact, result: ExportResult) -> None:
     """Tables: artifact, parity vs PyTorch, rewrites, op counts before/after simplify."""
+    from attn_deploy.precision.stage import summary_tables  # imports torch: only once an export ran
+
     m = artifact.manifest
     info = Table(title=f"{m['model']} -> {artifact.dir}", show_header=False)
     info.add_row("files", ", ".join(sorted(p.name for p in artifact.dir.iterdir())))

@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the zoo table. Models are built on the meta device: shapes and FLOPs, no weights, no compute."""
+    # a command imports only what it runs: list builds the zoo's models, so torch loads here
     import torch
 
     from attn_deploy.models import create_model, list_models, model_spec

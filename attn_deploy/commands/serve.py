@@ -125,6 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the models, serve until Ctrl-C / SIGTERM, shut down gracefully."""
+    # a command imports only what it runs: ONNX Runtime and aiohttp load when serve does (never torch)
     from attn_deploy.serve.model_pool import ModelPool, ServeOptions
     from attn_deploy.serve.server import V2Server, serve_until_signalled
 

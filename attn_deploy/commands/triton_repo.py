@@ -9,6 +9,9 @@ from rich.table import Table
 from attn_deploy.commands.progress import console
 
 MAX_DELAY_MS = 10_000.0
+MAX_BATCH = 256
+"""Largest ``--max-batch``: ``attn_deploy.models.registry.MAX_BATCH``, not imported from there because the zoo
+imports torch, which triton-repo never needs (a test keeps the two equal)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,9 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the repository and print what went where."""
+    # a command imports only what it runs: ONNX and the artifact reader load when triton-repo does
     from attn_deploy.errors import ConfigError
     from attn_deploy.fsutil import check_writable_dir
-    from attn_deploy.models.registry import MAX_BATCH
     from attn_deploy.serve.triton_repo import write_triton_repository
 
     if not 0 <= args.max_batch <= MAX_BATCH:

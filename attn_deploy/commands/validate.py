@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import Progress
 from rich.table import Table
 
-from attn_deploy.backends.base import Runner
 from attn_deploy.commands.progress import console
-from attn_deploy.config import ExportConfig
 from attn_deploy.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from attn_deploy.backends.base import Runner
+    from attn_deploy.config import ExportConfig
 
 MAX_IMAGES = 10_000
 """Most images one validation holds (fewer when large: see ``attn_deploy.models.registry.MAX_PIXELS``)."""
@@ -51,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, print the tables, return 0 when every check passed, 1 otherwise."""
+    # a command imports only what it runs: torch, the zoo and Polygraphy load when validate does
     from attn_deploy.config import load_config
     from attn_deploy.data.preprocess import list_images
     from attn_deploy.export.artifact_io import load_artifact
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 def image_size(manifest: dict[str, Any]) -> tuple[int, int] | None:
     """The (H, W) the artifact's images are preprocessed to (``None`` without a ``preprocess`` entry); an
     ``InputError`` unless it is two sizes in 1..MAX_SIDE (a hand-edited manifest)."""
-    from attn_deploy.models.registry import MAX_SIDE
+    from attn_deploy.models.registry import MAX_SIDE  # the zoo imports torch: only when validate runs
 
     preprocess = manifest.get("preprocess")
     if not preprocess:
@@ -123,7 +126,7 @@ def image_size(manifest: dict[str, Any]) -> tuple[int, int] | None:
 
 def make_runner(backend: str, onnx_path: Path, config: ExportConfig, manifest: dict[str, Any]) -> Runner:
     """The runner for ``--backend``: ONNX Runtime (CPU / CUDA / TensorRT EP) or a TensorRT engine."""
-    from attn_deploy.backends.ort import OrtRunner
+    from attn_deploy.backends.ort import OrtRunner  # ONNX Runtime loads only when validate runs
 
     if backend == "ort-cpu":
         return OrtRunner(onnx_path)
