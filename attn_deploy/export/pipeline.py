@@ -181,8 +181,10 @@ def _trace_to_onnx(
     """Trace with ``exporter`` ("dynamo": torch.export; "torchscript": the legacy tracer, ``dynamo=False``)."""
     mode = DeployRewriteMode(model) if rewrite else contextlib.nullcontext()
     export = _dynamo_export if exporter == "dynamo" else _torchscript_export
-    # The exporter logs a warning per torchvision op it cannot register; they are irrelevant here.
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    # The exporter logs a warning per torchvision op it cannot register, and onnxscript's opset converter logs a
+    # traceback when it cannot reach the opset asked for (checked after the trace, one line): both irrelevant here.
+    for name in ("torch.onnx", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), mode:
             warnings.simplefilter("ignore")
