@@ -30,19 +30,19 @@ from attn_deploy import create_model, export_onnx, list_models
 from attn_deploy.backends.ort import OrtRunner
 from attn_deploy.backends.torch_runner import TorchRunner
 from attn_deploy.bench.timing import physical_cores, time_interleaved
-from attn_deploy.commands.progress import console
 from attn_deploy.config import Fp16Config, Int8Config
 from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.fsutil import write_json, write_text
+from attn_deploy.markdown import markdown_table
 from attn_deploy.precision.calibration import calibration_set
 from attn_deploy.precision.fp16 import convert_fp16
 from attn_deploy.precision.int8 import quantize_int8
-from attn_deploy.report import markdown_table
 from attn_deploy.validate.classification import top1_agreement
 from attn_deploy.validate.detection import anchor_box_agreement, box_agreement
 from attn_deploy.validate.parity import compare_outputs
 from attn_deploy.validate.validation import evaluation_images
+from benchmarks.display import console
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INT8_MODELS = ("resnet50-se", "resnet50-cbam", "resnet50-eca", "resnet50-ema", "yolov8s-eca")

@@ -18,10 +18,10 @@ import torch
 from attn_deploy import machine
 from attn_deploy.attention import list_attention
 from attn_deploy.bench.attention_cost import attention_table, resolve_attentions
-from attn_deploy.bench.backends import BenchTarget, parse_choices
+from attn_deploy.bench.claims import compare_with_seed, load_claims
 from attn_deploy.bench.render import attention_cost_table, seed_table
 from attn_deploy.bench.run import BenchRun, TargetResult, bench_models
-from attn_deploy.bench.seed import compare_with_seed, load_claims
+from attn_deploy.bench.targets import BenchTarget, parse_choices
 from attn_deploy.bench.timing import (
     LatencyStats,
     interleaved_order,

@@ -16,11 +16,11 @@ from typing import Any
 from attn_deploy import fsutil
 from attn_deploy.bench import plots
 from attn_deploy.bench.attention_cost import BASELINE, AttentionRow, latency_labels
+from attn_deploy.bench.claims import SeedComparison
 from attn_deploy.bench.machine import machine_slug
 from attn_deploy.bench.run import BenchRun
-from attn_deploy.bench.seed import SeedComparison
 from attn_deploy.bench.timing import CV_WARN, p50_ratio_margin
-from attn_deploy.report import fmt, markdown_table
+from attn_deploy.markdown import fmt, markdown_table
 
 TARGET_SPEEDUP = 1.3
 """Target: the deployed ONNX Runtime graph is at least this many times faster than PyTorch eager."""
@@ -35,7 +35,7 @@ FLOPS_NOTE = (
 
 @dataclass
 class TableData:
-    """A table: title, headers, rows of plain values (formatted by :func:`attn_deploy.report.fmt`)."""
+    """A table: title, headers, rows of plain values (formatted by :func:`attn_deploy.markdown.fmt`)."""
 
     title: str
     headers: list[str]

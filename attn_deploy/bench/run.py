@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attn_deploy.bench.backends import (
+from attn_deploy.bench.machine import describe_machine, load_average
+from attn_deploy.bench.targets import (
     REFERENCE,
     BenchTarget,
     ModelUnderTest,
@@ -16,7 +17,6 @@ from attn_deploy.bench.backends import (
     Skipped,
     build_targets,
 )
-from attn_deploy.bench.machine import describe_machine, load_average
 from attn_deploy.bench.timing import CV_WARN, LatencyStats, fix_threads, time_interleaved
 from attn_deploy.errors import AttnDeployError, ConfigError
 from attn_deploy.models import resolve_name

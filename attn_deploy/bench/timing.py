@@ -181,7 +181,7 @@ def physical_cores() -> int:
 def fix_threads(threads: int | None) -> int:
     """Fix PyTorch's intra-op thread count to ``threads`` (default: physical cores); return the count.
 
-    ONNX Runtime sessions take the same number as ``intra_op_num_threads`` (see ``backends.py``).
+    ONNX Runtime sessions take the same number as ``intra_op_num_threads`` (see ``targets.py``).
     """
     import torch
 

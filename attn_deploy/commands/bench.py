@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from attn_deploy.commands.progress import console, progress_display
-from attn_deploy.report import fmt
+from attn_deploy.markdown import fmt
 
 DEFAULT_BACKENDS = "torch,ort,ort-naive"
 MAX_RUNS = 10_000
@@ -133,9 +133,9 @@ def run(args: argparse.Namespace) -> int:
     # a command imports only what it runs: torch, the zoo and the runners load when bench does
     from attn_deploy.bench import render
     from attn_deploy.bench.attention_cost import attention_table, resolve_attentions
-    from attn_deploy.bench.backends import BACKENDS, PRECISIONS, parse_choices
+    from attn_deploy.bench.claims import compare_with_seed, load_claims
     from attn_deploy.bench.run import bench_models
-    from attn_deploy.bench.seed import compare_with_seed, load_claims
+    from attn_deploy.bench.targets import BACKENDS, PRECISIONS, parse_choices
     from attn_deploy.errors import ConfigError
     from attn_deploy.fsutil import write_json
     from attn_deploy.models import model_spec

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from attn_deploy.commands.progress import console, stage_progress
-from attn_deploy.report import fmt
+from attn_deploy.markdown import fmt
 
 if TYPE_CHECKING:
     from attn_deploy.export.artifact_io import Artifact
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_export_summary(artifact: Artifact, result: ExportResult) -> None:
     """Tables: artifact, parity vs PyTorch, rewrites, op counts before/after simplify."""
-    from attn_deploy.precision.stage import summary_tables  # imports torch: only once an export ran
+    from attn_deploy.precision.apply import summary_tables  # imports torch: only once an export ran
 
     m = artifact.manifest
     info = Table(title=f"{m['model']} -> {artifact.dir}", show_header=False)

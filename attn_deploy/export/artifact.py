@@ -16,7 +16,7 @@ from attn_deploy.errors import ExportError
 from attn_deploy.export.artifact_io import MANIFEST_NAME, ONNX_NAME, REPORT_NAME, Artifact, staged_directory
 from attn_deploy.export.manifest import build_manifest, parity_dict
 from attn_deploy.export.pipeline import ExportResult, StageCallback, export_onnx
-from attn_deploy.report import markdown_table
+from attn_deploy.markdown import markdown_table
 
 
 def render_report(manifest: dict[str, Any]) -> str:
@@ -42,7 +42,7 @@ def render_report(manifest: dict[str, Any]) -> str:
                     parity["max_rel"],
                     parity["cosine"],
                     "; ".join(f"{c['metric']} {c['op']} {c['limit']:g}" for c in parity["checks"])
-                    if "checks" in parity  # a precision target's checks (attn_deploy.precision.stage)
+                    if "checks" in parity  # a precision target's checks (attn_deploy.precision.apply)
                     else f"atol {parity['atol']:g} + rtol {parity['rtol']:g}·max|ref|",
                     parity["passed"],
                 ]
@@ -109,7 +109,7 @@ def export_artifact(
 ) -> tuple[Artifact, ExportResult]:
     """Export ``model`` (verified, see :func:`export_onnx`) into the artifact directory ``out_dir``.
 
-    ``precision_stage`` (:func:`attn_deploy.precision.stage.precision_stage`) rewrites the staged FP32 ONNX
+    ``precision_stage`` (:func:`attn_deploy.precision.apply.precision_stage`) rewrites the staged FP32 ONNX
     in place and returns manifest entries; the FP32 export's parity is then kept as ``fp32_parity``.
     ``weights`` (the state_dict the model was loaded from) is recorded so ``validate`` rebuilds the same model.
     """

@@ -16,7 +16,7 @@ from attn_deploy.export.pipeline import ExportResult, StageCallback
 from attn_deploy.fsutil import check_name
 from attn_deploy.models import ModelSpec, create_model, model_spec
 from attn_deploy.models.registry import check_count
-from attn_deploy.precision.stage import ModelIO, precision_stage
+from attn_deploy.precision.apply import ModelIO, precision_stage
 
 SAMPLE_SEED = 1234
 

@@ -32,7 +32,7 @@ from attn_deploy.data.preprocess import PreprocessSpec, list_images, load_image
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.errors import ConfigError, InputError
 from attn_deploy.machine import describe_cpu
-from attn_deploy.report import fmt, markdown_table
+from attn_deploy.markdown import fmt, markdown_table
 from attn_deploy.validate.classification import top1_agreement
 from attn_deploy.validate.detection import anchor_box_agreement, box_agreement
 from attn_deploy.validate.parity import ParityReport, compare_outputs

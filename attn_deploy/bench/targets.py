@@ -13,7 +13,7 @@ Backends:
 
 Every call goes numpy in -> numpy out through the backend's Runner, so end-to-end times are comparable.
 ONNX files are exported once per run into a temporary folder (:class:`OnnxCache`).
-Precisions other than FP32 are made by the precision stage (:func:`attn_deploy.precision.stage.convert_onnx`)
+Precisions other than FP32 are made by the precision stage (:func:`attn_deploy.precision.apply.convert_onnx`)
 with the ``ort-<precision>`` / ``trt-<precision>`` target configs.
 """
 
@@ -130,8 +130,8 @@ class ModelUnderTest:
         return {self.input_name: self.sample.numpy()}
 
     def io(self) -> Any:
-        """The precision stage's view of the model (``attn_deploy.precision.stage.ModelIO``)."""
-        from attn_deploy.precision.stage import ModelIO
+        """The precision stage's view of the model (``attn_deploy.precision.apply.ModelIO``)."""
+        from attn_deploy.precision.apply import ModelIO
 
         shape = tuple(self.sample.shape)
         return ModelIO(self.module, self.input_name, self.output_names, self.task, self.preprocess, shape)
@@ -187,7 +187,7 @@ class OnnxCache:
         if precision == "fp32" and runtime == "ort":
             return base.path
         from attn_deploy.config import load_config
-        from attn_deploy.precision.stage import convert_onnx
+        from attn_deploy.precision.apply import convert_onnx
 
         # One folder per variant: a TensorRT plan is written next to its ONNX.
         path = base.path.parent / f"{base.path.stem}-{runtime}-{precision}" / "model.onnx"
@@ -257,7 +257,7 @@ def _build(
 def _tensorrt_target(mut: ModelUnderTest, info: ExportInfo, precision: str, cache: OnnxCache) -> BenchTarget:
     from attn_deploy.backends.tensorrt import TensorRTRunner, gpu_identity, require_tensorrt
     from attn_deploy.config import load_config
-    from attn_deploy.precision.stage import PLAN_NAME, compile_engine
+    from attn_deploy.precision.apply import PLAN_NAME, compile_engine
 
     require_tensorrt()  # InputError with the reason when TensorRT is missing
     gpu_identity()  # ... or when no GPU is visible
