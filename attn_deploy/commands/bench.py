@@ -12,10 +12,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.markup import escape
-from rich.table import Table
 
 from attn_deploy.commands.progress import console, progress_display
-from attn_deploy.markdown import fmt
+from attn_deploy.commands.tables import print_table
 
 DEFAULT_BACKENDS = "torch,ort,ort-naive"
 MAX_RUNS = 10_000
@@ -84,22 +83,6 @@ def bench_progress(
                 progress.update(task, description=f"{title}: timing {name}", advance=1)
 
         yield on_stage, on_timing_start, on_call
-
-
-def print_table(data: object) -> None:
-    """Print a :class:`attn_deploy.bench.render.TableData` as a rich table with its notes."""
-    # a command imports only what it runs: the bench package loads when bench does
-    from attn_deploy.bench.render import TableData
-
-    assert isinstance(data, TableData)
-    table = Table(title=data.title)
-    for i, header in enumerate(data.headers):
-        table.add_column(header, justify="left" if i == 0 else "right")
-    for row in data.rows:
-        table.add_row(*(fmt(c) for c in row))
-    console.print(table)
-    for note in data.notes:
-        console.print(f"[dim]{escape(note)}[/]", highlight=False)
 
 
 def check_options(args: argparse.Namespace, names: list[str]) -> None:

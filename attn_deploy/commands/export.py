@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from attn_deploy.commands.progress import console, stage_progress
+from attn_deploy.commands.tables import precision_tables
 from attn_deploy.markdown import fmt
 
 if TYPE_CHECKING:
@@ -84,8 +85,6 @@ def run(args: argparse.Namespace) -> int:
 
 def print_export_summary(artifact: Artifact, result: ExportResult) -> None:
     """Tables: artifact, parity vs PyTorch, rewrites, op counts before/after simplify."""
-    from attn_deploy.precision.apply import summary_tables  # imports torch: only once an export ran
-
     m = artifact.manifest
     info = Table(title=f"{m['model']} -> {artifact.dir}", show_header=False)
     info.add_row("files", ", ".join(sorted(p.name for p in artifact.dir.iterdir())))
@@ -116,7 +115,7 @@ def print_export_summary(artifact: Artifact, result: ExportResult) -> None:
         )
     parity.caption = "[green]PASSED[/]" if p.passed else "[red]FAILED[/]"
     console.print(parity)
-    for table in summary_tables(m):  # precision targets: the converted graph's checks, the TensorRT engine
+    for table in precision_tables(m):  # precision targets: the converted graph's checks, the TensorRT engine
         console.print(table)
 
     if result.rewrites:

@@ -10,6 +10,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from attn_deploy.commands.progress import console
+from attn_deploy.commands.tables import checks_table
 from attn_deploy.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -62,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
         VALIDATION_JSON,
         agreement_lines,
         artifact_config,
-        checks_table,
         validate_artifact,
     )
 

@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from rich.markup import escape
-from rich.table import Table
 from torch import nn
 
 from attn_deploy import fsutil
@@ -172,27 +170,3 @@ def precision_stage(
         return entries
 
     return stage
-
-
-def summary_tables(manifest: dict[str, Any]) -> list[Table]:
-    """Rich tables for the export summary: the precision graph's checks and the TensorRT engine, if any."""
-    from attn_deploy.validate.validation import Check, checks_table
-
-    tables = []
-    parity = manifest.get("parity", {})
-    if "checks" in parity:
-        checks = [Check(**c) for c in parity["checks"]]
-        title = (
-            f"{manifest['precision'].upper()} graph vs PyTorch FP32 ({manifest['target']}, ONNX Runtime CPU)"
-        )
-        tables.append(checks_table(title, checks, parity.get("reference")))
-    engine = manifest.get("engine")
-    if engine:
-        table = Table(title="TensorRT engine", show_header=False)
-        table.add_row("built", "yes" if engine["built"] else f"no: {escape(engine['reason'])}")
-        for name, (lo, opt, hi) in engine["profiles"].items():
-            table.add_row(f"profile {name}", f"min {lo}  opt {opt}  max {hi}")
-        if engine["built"]:
-            table.add_row("engine", f"{engine['plan']} ({engine['gpu']}, TensorRT {engine['tensorrt']})")
-        tables.append(table)
-    return tables

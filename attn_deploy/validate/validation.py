@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.table import Table
 
 from attn_deploy import fsutil
 from attn_deploy.backends.base import Runner
@@ -326,15 +325,3 @@ def agreement_lines(details: dict) -> list[str]:
             f"(IoU >= {b['iou']:g}, scores aside): {details['anchor_box_agreement']:.1%}."
         )
     return lines
-
-
-def checks_table(title: str, checks: list[Check], caption: str | None = None) -> Table:
-    """A rich table of checks: metric, value, tolerance, pass/FAIL."""
-    table = Table(title=title, caption=caption)
-    for col in ("metric", "value", "tolerance", "result"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    for c in checks:
-        table.add_row(
-            c.metric, show_value(c), f"{c.op} {c.limit:g}", "[green]pass" if c.passed else "[red]FAIL"
-        )
-    return table

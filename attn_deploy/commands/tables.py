@@ -1,0 +1,75 @@
+"""Rich tables of what the library returns: checks against tolerances, an export's precision step,
+benchmark tables.
+
+The library returns plain data (dataclasses, manifest dicts); the commands render it here. Imports stay light:
+the library modules load inside the functions, once a command has data to show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from attn_deploy.commands.progress import console
+from attn_deploy.markdown import fmt
+
+if TYPE_CHECKING:
+    from attn_deploy.validate.validation import Check
+
+
+def checks_table(title: str, checks: Sequence[Check], caption: str | None = None) -> Table:
+    """A rich table of checks: metric, value, tolerance, pass/FAIL."""
+    from attn_deploy.validate.validation import show_value
+
+    table = Table(title=title, caption=caption)
+    for col in ("metric", "value", "tolerance", "result"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for c in checks:
+        table.add_row(
+            c.metric, show_value(c), f"{c.op} {c.limit:g}", "[green]pass" if c.passed else "[red]FAIL"
+        )
+    return table
+
+
+def precision_tables(manifest: dict[str, Any]) -> list[Table]:
+    """Tables for the export summary from an artifact's manifest: the precision graph's checks against
+    PyTorch (its ``parity`` block) and the TensorRT engine (its ``engine`` block), where there are any."""
+    from attn_deploy.validate.validation import Check
+
+    tables = []
+    parity = manifest.get("parity", {})
+    if "checks" in parity:
+        checks = [Check(**c) for c in parity["checks"]]
+        title = (
+            f"{manifest['precision'].upper()} graph vs PyTorch FP32 ({manifest['target']}, ONNX Runtime CPU)"
+        )
+        tables.append(checks_table(title, checks, parity.get("reference")))
+    engine = manifest.get("engine")
+    if engine:
+        table = Table(title="TensorRT engine", show_header=False)
+        table.add_row("built", "yes" if engine["built"] else f"no: {escape(engine['reason'])}")
+        for name, (lo, opt, hi) in engine["profiles"].items():
+            table.add_row(f"profile {name}", f"min {lo}  opt {opt}  max {hi}")
+        if engine["built"]:
+            table.add_row("engine", f"{engine['plan']} ({engine['gpu']}, TensorRT {engine['tensorrt']})")
+        tables.append(table)
+    return tables
+
+
+def print_table(data: object) -> None:
+    """Print a :class:`attn_deploy.bench.render.TableData` as a rich table with its notes."""
+    # a command imports only what it runs: the bench package loads when bench does
+    from attn_deploy.bench.render import TableData
+
+    assert isinstance(data, TableData)
+    table = Table(title=data.title)
+    for i, header in enumerate(data.headers):
+        table.add_column(header, justify="left" if i == 0 else "right")
+    for row in data.rows:
+        table.add_row(*(fmt(c) for c in row))
+    console.print(table)
+    for note in data.notes:
+        console.print(f"[dim]{escape(note)}[/]", highlight=False)
