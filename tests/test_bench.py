@@ -121,8 +121,18 @@ def test_time_interleaved_warms_up_by_time_then_round_robins() -> None:
         time_interleaved({"a": make("a", None)}, runs=0)
 
 
-def test_physical_cores_is_sane() -> None:
-    assert 1 <= physical_cores() <= (os.cpu_count() or 1)
+def test_physical_cores_counts_cores_not_hyperthreads(tmp_path, monkeypatch) -> None:
+    # 4 usable CPUs: two hyper-thread pairs of one socket -> 2 physical cores
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    blocks = [f"processor\t: {p}\nphysical id\t: 0\ncore id\t\t: {p // 2}\n" for p in range(4)]
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("\n".join(blocks))
+    assert physical_cores(cpuinfo) == 2
+    # a process allowed on CPUs 0 and 1 only (one pair) has one physical core
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert physical_cores(cpuinfo) == 1
+    # no cpuinfo (or no core ids, as in some VMs): the usable CPUs count
+    assert physical_cores(tmp_path / "missing") == 2
 
 
 def test_parse_choices_checks_and_deduplicates() -> None:

@@ -146,13 +146,22 @@ def test_integer_kernels_compute_the_same_on_every_cpu(tiny, calib, tmp_path, co
 
 def test_attention_gates_can_stay_in_float(tiny, calib, tmp_path):
     _, proto = tiny
-    _, plain = quantize_int8(proto, calib, Int8Config(), cache_dir=tmp_path)
+    quantized, plain = quantize_int8(proto, calib, Int8Config(), cache_dir=tmp_path)
     gated, kept = quantize_int8(proto, calib, Int8Config(keep_gates_fp=True), cache_dir=tmp_path)
     ops = {n.name: n.op_type for n in proto.graph.node}
     assert plain.excluded_nodes == []
     assert sorted(ops[name] for name in kept.excluded_nodes) == ["Mul", "Sigmoid"]  # the SE gate, not SiLU
     assert kept.qdq_nodes < plain.qdq_nodes
-    assert gated.graph.node
+    kept_nodes = {n.op_type: n for n in gated.graph.node if n.name in kept.excluded_nodes}
+    assert sorted(kept_nodes) == ["Mul", "Sigmoid"]  # still in the graph, by name
+    # ...and the gate is computed in float: the Sigmoid's output goes straight into the Mul, with no
+    # QuantizeLinear / DequantizeLinear pair between them (the plain graph has one there)
+    readers = [n.op_type for n in gated.graph.node if kept_nodes["Sigmoid"].output[0] in n.input]
+    assert readers == ["Mul"]
+    plain_sigmoid = next(n for n in quantized.graph.node if n.name == kept_nodes["Sigmoid"].name)
+    assert [n.op_type for n in quantized.graph.node if plain_sigmoid.output[0] in n.input] == [
+        "QuantizeLinear"
+    ]
 
 
 def test_calibration_cache_is_keyed_by_model_data_and_method(tiny, calib, tmp_path):
@@ -295,6 +304,8 @@ def test_the_trained_int8_benchmark_runs_end_to_end(tmp_path, monkeypatch):
     assert [r["variant"] for r in rows] == list(int8_trained.VARIANTS)
     # A 2-step toy: measured 0.978-0.982 (AVX2 EPYC), the same on any x86 CPU (exact integer kernels with
     # 7-bit weights); 0.9 only catches a broken pipeline, at 4.5x the measured 1 - cosine.
-    assert all(0 <= r["top1_agreement"] <= 1 and r["cosine"] > 0.9 for r in rows)
+    # Top-1 on the 6 test scenes: measured 6/6 for every variant; at least 4/6 holds on any CPU, since with exact
+    # integer kernels only FP32 rounding of the reference differs between CPUs (~1e-6, far below the logit gaps).
+    assert all(r["top1_agreement"] >= 4 / 6 and r["cosine"] > 0.9 for r in rows)
     assert "| resnet18-se |" in (tmp_path / "int8_trained.md").read_text()
     assert len(list(tmp_path.glob("resnet18-se-*.pt"))) == 1

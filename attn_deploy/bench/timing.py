@@ -156,16 +156,16 @@ def time_interleaved(
     return samples
 
 
-def physical_cores() -> int:
+def physical_cores(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> int:
     """Physical CPU cores available to this process (hyper-threads not counted), at least 1.
 
-    Counts distinct (physical id, core id) pairs in ``/proc/cpuinfo`` among the CPUs this process may run on;
+    Counts distinct (physical id, core id) pairs in ``cpuinfo`` among the CPUs this process may run on;
     falls back to the number of usable CPUs where that file is missing or lacks the fields.
     """
     usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
     cores: set[tuple[str, str]] = set()
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+        with open(cpuinfo, encoding="utf-8") as fh:
             blocks = fh.read().strip().split("\n\n")
     except OSError:
         blocks = []
