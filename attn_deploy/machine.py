@@ -1,4 +1,5 @@
-"""The CPU an artifact was exported, validated or benchmarked on: model name, architecture, ISA features.
+"""The machine an artifact was exported, validated or benchmarked on: CPU model, architecture, ISA features,
+and the versions of the libraries that shaped it.
 
 Standard library only (``serve`` imports stay torch-free). INT8 and, less, FP16 results of ONNX Runtime CPU
 depend on the kernels it picks by instruction set: u8s8 dot products use ``vpmaddubsw`` (pairs summed into
@@ -10,8 +11,11 @@ below so numbers from different machines can be told apart.
 from __future__ import annotations
 
 import platform
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from attn_deploy import __version__
 
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -48,3 +52,17 @@ def isa_features() -> list[str] | None:
 def describe_cpu() -> dict[str, Any]:
     """The ``machine`` block of manifests and ``validation.json``: ``{"cpu", "arch", "isa"}``."""
     return {"cpu": cpu_model(), "arch": platform.machine(), "isa": isa_features()}
+
+
+_VERSIONED = ("torch", "onnx", "onnxruntime", "onnxslim", "onnxscript")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shaped the artifact."""
+    versions = {"attn_deploy": __version__, "python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

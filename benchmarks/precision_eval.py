@@ -35,12 +35,12 @@ from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.fsutil import write_json, write_text
 from attn_deploy.markdown import markdown_table
+from attn_deploy.parity import compare_outputs
 from attn_deploy.precision.calibration import calibration_set
 from attn_deploy.precision.fp16 import convert_fp16
 from attn_deploy.precision.int8 import quantize_int8
 from attn_deploy.validate.classification import top1_agreement
 from attn_deploy.validate.detection import anchor_box_agreement, box_agreement
-from attn_deploy.validate.parity import compare_outputs
 from attn_deploy.validate.validation import evaluation_images
 from benchmarks.display import console
 

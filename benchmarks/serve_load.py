@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from attn_deploy.artifacts import load_artifact
 from attn_deploy.errors import AttnDeployError, InputError
-from attn_deploy.export.artifact_io import load_artifact
 from attn_deploy.fsutil import write_json
 from attn_deploy.serve.dtypes import numpy_dtype
 from attn_deploy.serve.loadgen import run_load

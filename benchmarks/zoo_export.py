@@ -21,9 +21,9 @@ from rich.progress import track
 
 from attn_deploy import fsutil
 from attn_deploy.backends.ort import make_session
-from attn_deploy.export.zoo import export_zoo_model
 from attn_deploy.markdown import markdown_table
 from attn_deploy.models import create_model, list_models, model_spec
+from attn_deploy.workflow.zoo import export_zoo_model
 from benchmarks.display import console
 
 

@@ -49,7 +49,7 @@ def assert_ort_matches_torch(
     """Exported graph == PyTorch at each shape: max abs error <= atol (scaled by the output's magnitude when it
     exceeds 1), or, for outputs whose FP32 rounding is larger than that, as close to a float64 run as PyTorch
     FP32 itself is."""
-    from attn_deploy.validate.parity import within_fp32_noise
+    from attn_deploy.parity import within_fp32_noise
 
     for i, shape in enumerate(shapes):
         x = make_input(tuple(shape), 100 + i)

@@ -21,8 +21,8 @@ from torch import nn
 
 from attn_deploy.config import Fp16Config
 from attn_deploy.errors import UnsupportedOpError
+from attn_deploy.parity import compare_outputs
 from attn_deploy.precision.fp16 import convert_fp16, plain_fp16_config
-from attn_deploy.validate.parity import compare_outputs
 
 
 class GroupNormGate(nn.Module):

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from attn_deploy.artifacts import load_artifact, staged_directory
 from attn_deploy.cli import main
 from attn_deploy.errors import ConfigError, InputError
-from attn_deploy.export.artifact_io import load_artifact, staged_directory
 from attn_deploy.fsutil import check_name
 
 MODEL = "resnet18-se"
@@ -47,7 +47,7 @@ def assert_one_red_line(capsys: pytest.CaptureFixture[str], needle: str) -> None
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One small verified zoo artifact (the few tests that need an export share it)."""
-    from attn_deploy.export.zoo import export_zoo_model
+    from attn_deploy.workflow.zoo import export_zoo_model
 
     root = tmp_path_factory.mktemp("engines")
     art, _ = export_zoo_model(MODEL, imgsz=64, out_root=root)
@@ -498,7 +498,7 @@ def test_sigkill_leaves_staging_that_the_next_write_removes(tmp_path: Path) -> N
     final = tmp_path / "engines" / MODEL / "ort-fp32"
     script = f"""
         import sys, time
-        from attn_deploy.export.artifact_io import staged_directory
+        from attn_deploy.artifacts import staged_directory
         with staged_directory({str(final)!r}) as staging:
             (staging / "model.onnx").write_bytes(b"half")
             print(staging, flush=True)
@@ -520,7 +520,7 @@ SIGNAL_SCRIPT = """
     import os, signal, sys, time
     from pathlib import Path
     from attn_deploy.cli import announce_interrupt
-    from attn_deploy.export.artifact_io import staged_directory
+    from attn_deploy.artifacts import staged_directory
     from attn_deploy.fsutil import critical_section, exit_on_signals
     final, mode = Path(sys.argv[1]), sys.argv[2]
     with exit_on_signals(announce_interrupt), staged_directory(final) as staging:

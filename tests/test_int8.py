@@ -19,9 +19,9 @@ from attn_deploy.config import Int8Config
 from attn_deploy.data.preprocess import PreprocessSpec, letterbox, resize_center_crop
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.errors import InputError
+from attn_deploy.parity import compare_outputs
 from attn_deploy.precision.calibration import calibration_key, calibration_set
 from attn_deploy.precision.int8 import quantize_int8
-from attn_deploy.validate.parity import compare_outputs
 
 SIZE = (32, 32)
 SPEC = PreprocessSpec.for_kind("resize_crop", SIZE)

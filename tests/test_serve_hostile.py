@@ -22,7 +22,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from attn_deploy.export.artifact_io import load_artifact
+from attn_deploy.artifacts import load_artifact
 from attn_deploy.serve.metrics import fetch_metrics
 from attn_deploy.serve.model_pool import ServeOptions
 from attn_deploy.serve.server import BackgroundServer
@@ -202,8 +202,8 @@ def test_dynamic_yolo_zoo_artifact_refuses_sizes_off_stride_32(yolo_dynamic_expo
 
 
 def test_zoo_manifests_record_stride_and_min_size_only_where_needed() -> None:
-    from attn_deploy.export.zoo import preprocess_info
     from attn_deploy.models import model_spec
+    from attn_deploy.workflow.zoo import preprocess_info
 
     def info(name: str) -> dict:
         spec = model_spec(name)

@@ -18,13 +18,13 @@ from attn_deploy.backends.ort import OrtRunner
 from attn_deploy.cli import main
 from attn_deploy.config import load_config, replace_config
 from attn_deploy.errors import ExportError
-from attn_deploy.export.zoo import export_zoo_model
 from attn_deploy.fsutil import sha256_file
 from attn_deploy.machine import describe_cpu
 from attn_deploy.validate.classification import top1_agreement
 from attn_deploy.validate.detection import anchor_box_agreement, box_agreement, box_iou, decode, nms
 from attn_deploy.validate.polygraphy_io import INPUTS_NAME, OUTPUTS_NAME
 from attn_deploy.validate.validation import REPORT_MARKER, validate_artifact
+from attn_deploy.workflow.zoo import export_zoo_model
 
 
 def _yolo_output(

@@ -14,7 +14,7 @@ from torch import nn
 
 from attn_deploy import export_onnx
 from attn_deploy.errors import ExportError
-from attn_deploy.validate.parity import compare_outputs, within_fp32_noise
+from attn_deploy.parity import compare_outputs, within_fp32_noise
 from tests.conftest import ort_outputs
 
 SHAPE = (1, 4, 32, 32)

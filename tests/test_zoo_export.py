@@ -16,8 +16,8 @@ from attn_deploy import export_onnx, list_attention
 from attn_deploy.attention import create_attention
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.export.lint import lint_tensorrt
-from attn_deploy.export.zoo import export_zoo_model
 from attn_deploy.models import ModelSpec, create_model, model_spec
+from attn_deploy.workflow.zoo import export_zoo_model
 from tests.conftest import CliExport, assert_ort_matches_torch
 
 RESNET_CASES = ["none", "se", "simam", "hybrid", "dynamic"]  # each export traces resnet18: ~5-15 s on 2 cores

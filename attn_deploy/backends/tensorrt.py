@@ -50,7 +50,7 @@ def require_tensorrt() -> str:
     so a real installation is recognised by its ``Builder`` class, not by the import.
     """
     try:
-        import tensorrt as trt
+        import tensorrt as trt  # optional: TensorRT is imported only where it is asked for
     except ImportError:
         raise InputError(NOT_INSTALLED) from None
     version = getattr(trt, "__version__", None)
@@ -61,7 +61,7 @@ def require_tensorrt() -> str:
 
 def gpu_identity() -> str:
     """The GPU engines are built for: name and compute capability (``"NVIDIA H100 ... (sm_90)"``)."""
-    import torch
+    import torch  # CUDA: torch only when a GPU is asked about (this module stays torch-free)
 
     if not torch.cuda.is_available():
         raise InputError(
@@ -159,7 +159,7 @@ def build_engine(
 ) -> EngineBuild:
     """Compile ``onnx_path`` (precision already in the graph), or load the cached engine for the same key."""
     version = require_tensorrt()
-    import tensorrt as trt
+    import tensorrt as trt  # optional: checked by require_tensorrt() above
 
     start = time.perf_counter()
     gpu = gpu_identity()
@@ -219,7 +219,7 @@ class TensorRTRunner(RunnerBase):
         if self._context is not None:
             return
         require_tensorrt()
-        import tensorrt as trt
+        import tensorrt as trt  # optional: checked by require_tensorrt() above
 
         data = self.plan if isinstance(self.plan, bytes) else Path(self.plan).read_bytes()
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -251,7 +251,7 @@ class TensorRTRunner(RunnerBase):
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Copy inputs to the GPU, run one batch on the current torch CUDA stream, copy outputs back."""
-        import torch
+        import torch  # CUDA: buffers and stream on the GPU (this module stays torch-free)
 
         self.activate()
         engine, context = self._engine, self._context
@@ -279,8 +279,8 @@ class TensorRTRunner(RunnerBase):
 
 
 def _torch_dtype(trt_dtype: Any) -> Any:
-    import tensorrt as trt
-    import torch
+    import tensorrt as trt  # optional: only called with a TensorRT engine
+    import torch  # CUDA: as in TensorRTRunner.infer
 
     table = {
         trt.DataType.FLOAT: torch.float32,

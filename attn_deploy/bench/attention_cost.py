@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from attn_deploy.attention import list_attention
 from attn_deploy.bench.run import BenchRun, TargetResult
 from attn_deploy.errors import ConfigError
 
@@ -20,8 +21,6 @@ BASELINE = "none"
 
 def resolve_attentions(text: str | Sequence[str]) -> list[str]:
     """``"all"`` or a comma list -> attention names, ``none`` first (the baseline of every row)."""
-    from attn_deploy.attention import list_attention
-
     known = list_attention()
     names = (
         known

@@ -7,9 +7,11 @@ import platform
 import re
 from typing import Any
 
+import onnxruntime
+import torch
+
 from attn_deploy.bench.timing import physical_cores
-from attn_deploy.export.manifest import library_versions
-from attn_deploy.machine import describe_cpu
+from attn_deploy.machine import describe_cpu, library_versions
 
 
 def memory_gib() -> float | None:
@@ -34,15 +36,11 @@ def load_average() -> list[float] | None:
 
 def gpu_name() -> str | None:
     """The first CUDA GPU's name, or ``None``."""
-    import torch
-
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
 def describe_machine(threads: int | None = None) -> dict[str, Any]:
     """The ``machine`` block of benchmark results: :func:`attn_deploy.machine.describe_cpu` and more."""
-    import onnxruntime
-
     return {
         **describe_cpu(),
         "physical_cores": physical_cores(),

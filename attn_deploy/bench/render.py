@@ -15,7 +15,7 @@ from typing import Any
 
 from attn_deploy import fsutil
 from attn_deploy.bench import plots
-from attn_deploy.bench.attention_cost import BASELINE, AttentionRow, latency_labels
+from attn_deploy.bench.attention_cost import BASELINE, AttentionRow, label, latency_labels
 from attn_deploy.bench.claims import SeedComparison
 from attn_deploy.bench.machine import machine_slug
 from attn_deploy.bench.run import BenchRun
@@ -282,8 +282,6 @@ def results_folder(run: BenchRun, root: str | os.PathLike[str] = "benchmarks/res
 
 def latency_bars_data(run: BenchRun) -> tuple[dict[str, dict[str, tuple[float, float] | None]], list[str]]:
     """Bar-chart data: per model, per ``backend[/precision]``: (p50, p90)."""
-    from attn_deploy.bench.attention_cost import label
-
     series = list(dict.fromkeys(label(r) for r in run.results))
     bars: dict[str, dict[str, tuple[float, float] | None]] = {m: {} for m in run.models}
     for r in run.results:

@@ -18,8 +18,12 @@ from attn_deploy.bench.targets import (
     build_targets,
 )
 from attn_deploy.bench.timing import CV_WARN, LatencyStats, fix_threads, time_interleaved
+from attn_deploy.data.preprocess import PreprocessSpec
+from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.errors import AttnDeployError, ConfigError
-from attn_deploy.models import resolve_name
+from attn_deploy.models import create_model, model_spec, resolve_name
+from attn_deploy.models.profile import count_gflops, count_params
+from attn_deploy.workflow.zoo import SAMPLE_SEED, parse_imgsz
 
 BUSY_LOAD = 0.5
 """Warn when the 1-minute load average before timing exceeds this many times the physical cores."""
@@ -114,11 +118,6 @@ class BenchRun:
 
 def prepare_model(name: str, imgsz: int | str | tuple[int, int] | None, batch: int) -> ModelUnderTest:
     """A zoo model and a deterministic synthetic batch, preprocessed as the model expects."""
-    from attn_deploy.data.preprocess import PreprocessSpec
-    from attn_deploy.data.synthetic import synthetic_images
-    from attn_deploy.export.zoo import SAMPLE_SEED, parse_imgsz
-    from attn_deploy.models import create_model, model_spec
-
     spec = model_spec(name)
     size = parse_imgsz(imgsz, spec)
     if batch < 1:
@@ -138,8 +137,6 @@ def prepare_model(name: str, imgsz: int | str | tuple[int, int] | None, batch: i
 
 def profile(mut: ModelUnderTest) -> dict[str, float]:
     """Parameters (millions) and GFLOPs of one forward pass at the benchmark's input shape."""
-    from attn_deploy.models.profile import count_gflops, count_params
-
     return {
         "params_m": count_params(mut.module) / 1e6,
         "gflops": count_gflops(mut.module, tuple(mut.sample.shape)),

@@ -31,11 +31,14 @@ from torch import nn
 
 from attn_deploy.backends.base import Runner
 from attn_deploy.backends.ort import OrtRunner
+from attn_deploy.backends.tensorrt import TensorRTRunner, gpu_identity, require_tensorrt
 from attn_deploy.backends.torch_runner import TorchRunner
 from attn_deploy.bench.gpu import TorchCudaCall, cuda_skip_reason
 from attn_deploy.bench.timing import TimedCall
+from attn_deploy.config import load_config
 from attn_deploy.errors import AttnDeployError, ConfigError, ExportError
 from attn_deploy.export.pipeline import export_onnx
+from attn_deploy.precision.apply import PLAN_NAME, ModelIO, compile_engine, convert_onnx
 
 BACKENDS = ("torch", "ort", "ort-naive", "trt", "torch-cuda", "ort-cuda")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -131,8 +134,6 @@ class ModelUnderTest:
 
     def io(self) -> Any:
         """The precision stage's view of the model (``attn_deploy.precision.apply.ModelIO``)."""
-        from attn_deploy.precision.apply import ModelIO
-
         shape = tuple(self.sample.shape)
         return ModelIO(self.module, self.input_name, self.output_names, self.task, self.preprocess, shape)
 
@@ -186,8 +187,6 @@ class OnnxCache:
         """A copy of ``base`` converted to ``precision`` by the precision stage for ``runtime``."""
         if precision == "fp32" and runtime == "ort":
             return base.path
-        from attn_deploy.config import load_config
-        from attn_deploy.precision.apply import convert_onnx
 
         # One folder per variant: a TensorRT plan is written next to its ONNX.
         path = base.path.parent / f"{base.path.stem}-{runtime}-{precision}" / "model.onnx"
@@ -255,10 +254,6 @@ def _build(
 
 
 def _tensorrt_target(mut: ModelUnderTest, info: ExportInfo, precision: str, cache: OnnxCache) -> BenchTarget:
-    from attn_deploy.backends.tensorrt import TensorRTRunner, gpu_identity, require_tensorrt
-    from attn_deploy.config import load_config
-    from attn_deploy.precision.apply import PLAN_NAME, compile_engine
-
     require_tensorrt()  # InputError with the reason when TensorRT is missing
     gpu_identity()  # ... or when no GPU is visible
     if precision == "fp32":

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from attn_deploy.errors import ConfigError
 
@@ -183,8 +184,6 @@ def fix_threads(threads: int | None) -> int:
 
     ONNX Runtime sessions take the same number as ``intra_op_num_threads`` (see ``targets.py``).
     """
-    import torch
-
     count = physical_cores() if threads is None else threads
     if count < 1:
         raise ConfigError(f"--threads must be >= 1, got {count}")

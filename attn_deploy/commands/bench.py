@@ -89,10 +89,10 @@ def check_options(args: argparse.Namespace, names: list[str]) -> None:
     """Bounds of the sizes, timing options and output paths: one-line errors before any model is built."""
     # a command imports only what it runs: the model zoo (torch) loads when bench does
     from attn_deploy.errors import ConfigError
-    from attn_deploy.export.zoo import parse_imgsz
     from attn_deploy.fsutil import check_writable_dir
     from attn_deploy.models import model_spec
     from attn_deploy.models.registry import check_count
+    from attn_deploy.workflow.zoo import parse_imgsz
 
     for name in names:
         check_count(args.batch, parse_imgsz(args.imgsz, model_spec(name)), "--batch")

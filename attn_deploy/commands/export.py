@@ -12,7 +12,7 @@ from attn_deploy.commands.tables import precision_tables
 from attn_deploy.markdown import fmt
 
 if TYPE_CHECKING:
-    from attn_deploy.export.artifact_io import Artifact
+    from attn_deploy.artifacts import Artifact
     from attn_deploy.export.pipeline import ExportResult
 
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     # the export pipeline (torch, onnxslim) loads only when a command runs it: parsing stays light
     from attn_deploy.config import resolve_export_config
     from attn_deploy.data.preprocess import check_image_dir
-    from attn_deploy.export.zoo import export_zoo_model
+    from attn_deploy.workflow.zoo import export_zoo_model
 
     config = resolve_export_config(
         args.config,

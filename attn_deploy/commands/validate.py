@@ -55,9 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Validate, print the tables, return 0 when every check passed, 1 otherwise."""
     # a command imports only what it runs: torch, the zoo and Polygraphy load when validate does
+    from attn_deploy.artifacts import load_artifact
     from attn_deploy.config import load_config
     from attn_deploy.data.preprocess import list_images
-    from attn_deploy.export.artifact_io import load_artifact
     from attn_deploy.models.registry import check_count
     from attn_deploy.validate.validation import (
         VALIDATION_JSON,

@@ -1,4 +1,4 @@
-"""Export a model into an artifact directory (see :mod:`attn_deploy.export.artifact_io` for the layout)."""
+"""Export a model into an artifact directory (see :mod:`attn_deploy.artifacts` for the layout)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from attn_deploy import fsutil
+from attn_deploy.artifacts import MANIFEST_NAME, ONNX_NAME, REPORT_NAME, Artifact, staged_directory
 from attn_deploy.errors import ExportError
-from attn_deploy.export.artifact_io import MANIFEST_NAME, ONNX_NAME, REPORT_NAME, Artifact, staged_directory
 from attn_deploy.export.manifest import build_manifest, parity_dict
 from attn_deploy.export.pipeline import ExportResult, StageCallback, export_onnx
 from attn_deploy.markdown import markdown_table

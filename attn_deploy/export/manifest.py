@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import platform
-from importlib import metadata
 from typing import Any
 
 from attn_deploy.export.pipeline import ExportResult
 from attn_deploy.fsutil import sha256_file
-from attn_deploy.machine import describe_cpu
+from attn_deploy.machine import describe_cpu, library_versions
 
 SCHEMA_VERSION = 1
-_VERSIONED = ("torch", "onnx", "onnxruntime", "onnxslim", "onnxscript")
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shaped the artifact."""
-    from attn_deploy import __version__
-
-    versions = {"attn_deploy": __version__, "python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 def parity_dict(result: ExportResult) -> dict[str, Any]:

@@ -53,8 +53,8 @@ from attn_deploy.export.shapes import (
 )
 from attn_deploy.export.simplify import simplify_model
 from attn_deploy.export.stats import graph_signature, op_histogram
+from attn_deploy.parity import ParityReport, compare_outputs, merge_reports, within_fp32_noise
 from attn_deploy.rewrite import DeployRewriteMode, RewriteSite
-from attn_deploy.validate.parity import ParityReport, compare_outputs, merge_reports, within_fp32_noise
 
 StageCallback = Callable[[str], None]
 TOPK_OUTLIER_FRAC = 1e-3

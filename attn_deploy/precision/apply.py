@@ -20,11 +20,18 @@ import onnx
 from torch import nn
 
 from attn_deploy import fsutil
+from attn_deploy.backends.ort import OrtRunner
+from attn_deploy.backends.tensorrt import build_engine, resolve_profiles
+from attn_deploy.backends.torch_runner import TorchRunner
 from attn_deploy.config import ExportConfig
 from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.errors import AttnDeployError, ExportError
 from attn_deploy.export.stats import graph_signature, op_histogram
+from attn_deploy.precision.calibration import calibration_set
+from attn_deploy.precision.fp16 import convert_fp16
 from attn_deploy.precision.graph import load_onnx
+from attn_deploy.precision.int8 import quantize_int8
+from attn_deploy.validate.validation import compare_runners, evaluation_images, per_output_rows, score
 
 PLAN_NAME = "model.plan"
 StageCallback = Callable[[str], None]
@@ -50,14 +57,9 @@ def convert_onnx(
         return {}
     model = load_onnx(str(onnx_path))
     if config.precision == "fp16":
-        from attn_deploy.precision.fp16 import convert_fp16
-
         converted, report = convert_fp16(model, config.fp16)
         info = {"fp16": report.to_dict()}
     else:
-        from attn_deploy.precision.calibration import calibration_set
-        from attn_deploy.precision.int8 import quantize_int8
-
         calib = calibration_set(
             io.input_name,
             io.preprocess,
@@ -75,10 +77,6 @@ def convert_onnx(
 
 def check_against_pytorch(onnx_path: Path, config: ExportConfig, io: ModelIO) -> dict[str, Any]:
     """Compare the graph with PyTorch FP32 on the validation images; the manifest's ``parity`` block."""
-    from attn_deploy.backends.ort import OrtRunner
-    from attn_deploy.backends.torch_runner import TorchRunner
-    from attn_deploy.validate.validation import compare_runners, evaluation_images, per_output_rows, score
-
     batch = int(io.export_shape[0])
     count = -(-config.validation.num_images // batch) * batch
     inputs = evaluation_images(io.preprocess, count, config.validation.seed)
@@ -116,8 +114,6 @@ def _hint(config: ExportConfig) -> str:
 
 def compile_engine(onnx_path: Path, config: ExportConfig, io: ModelIO) -> dict[str, Any]:
     """For TensorRT targets: build ``model.plan`` next to the ONNX, or record why it was not built."""
-    from attn_deploy.backends.tensorrt import build_engine, resolve_profiles
-
     inputs, _ = graph_signature(onnx.load(str(onnx_path), load_external_data=False))
     profiles = resolve_profiles(config, inputs, {io.input_name: list(io.export_shape)})
     info: dict[str, Any] = {

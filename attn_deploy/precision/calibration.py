@@ -34,6 +34,7 @@ from onnxruntime.quantization.calibrate import load_tensors_data
 from attn_deploy import fsutil
 from attn_deploy.config import Int8Config, default_cache_dir
 from attn_deploy.data.preprocess import PreprocessSpec, load_image_dir
+from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.errors import exception_summary
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,6 @@ def calibration_set(
         raw = load_image_dir(calib_dir, limit=num_images)
         source = str(calib_dir)
     else:
-        from attn_deploy.data.synthetic import synthetic_images
-
         raw = list(synthetic_images(num_images, size=preprocess.size, seed=seed))
         source = f"synthetic(seed={seed})"
     return CalibrationSet(input_name, preprocess(raw), source)

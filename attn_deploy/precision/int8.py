@@ -52,8 +52,10 @@ import onnx
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from attn_deploy.backends.base import Runner
+from attn_deploy.backends.ort import OrtRunner
 from attn_deploy.config import Int8Config
 from attn_deploy.errors import ExportError, exception_summary
+from attn_deploy.parity import compare_outputs
 from attn_deploy.precision.calibration import (
     CalibrationSet,
     calibration_cache_path,
@@ -201,9 +203,6 @@ def leading_fallback(
     equally and is carried by every later one, so the early, high-resolution layers cost the most accuracy
     per layer kept in float (benchmarks/results/int8_placement.md). Only calibration images are used.
     """
-    from attn_deploy.backends.ort import OrtRunner
-    from attn_deploy.validate.parity import compare_outputs
-
     check = calib.images[: min(len(calib.images), FALLBACK_CHECK_IMAGES)]
     reference = _run(OrtRunner(model.SerializeToString()), calib.input_name, check)
     layers = [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS and n.name not in exclude]

@@ -47,7 +47,7 @@ def run_load(
 
     All clients start together; binary tensors both ways. ``keep_outputs`` stores every response.
     """
-    try:
+    try:  # optional: tritonclient is an extra, needed only for load generation
         import tritonclient.http as httpclient
         from tritonclient.utils import np_to_triton_dtype
     except ImportError:

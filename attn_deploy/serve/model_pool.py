@@ -13,9 +13,9 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
+from attn_deploy.artifacts import Artifact, load_artifact
 from attn_deploy.backends.ort import OrtRunner
 from attn_deploy.errors import ConfigError, ModelNotFoundError, exception_summary
-from attn_deploy.export.artifact_io import Artifact, load_artifact
 from attn_deploy.serve.batcher import BatchResult, MicroBatcher, batch_size_of
 from attn_deploy.serve.metrics import ModelMetrics
 from attn_deploy.serve.model_config import ONNX_PLATFORM, build_model_config

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from attn_deploy.artifacts import Artifact, load_artifact
 from attn_deploy.errors import ConfigError
-from attn_deploy.export.artifact_io import Artifact, load_artifact
 from attn_deploy.fsutil import write_text, write_with
 from attn_deploy.serve.model_config import ONNX_PLATFORM, TENSORRT_PLATFORM, build_model_config, to_pbtxt
 from attn_deploy.serve.model_pool import MODEL_VERSION

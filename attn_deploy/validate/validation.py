@@ -25,16 +25,20 @@ from typing import Any
 import numpy as np
 
 from attn_deploy import fsutil
+from attn_deploy.artifacts import load_artifact
 from attn_deploy.backends.base import Runner
+from attn_deploy.backends.ort import OrtRunner
+from attn_deploy.backends.torch_runner import TorchRunner
 from attn_deploy.config import ExportConfig, Tolerances, find_config, load_config, replace_config
 from attn_deploy.data.preprocess import PreprocessSpec, list_images, load_image
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.errors import ConfigError, InputError
 from attn_deploy.machine import describe_cpu
 from attn_deploy.markdown import fmt, markdown_table
+from attn_deploy.models import create_model
+from attn_deploy.parity import ParityReport, compare_outputs
 from attn_deploy.validate.classification import top1_agreement
 from attn_deploy.validate.detection import anchor_box_agreement, box_agreement
-from attn_deploy.validate.parity import ParityReport, compare_outputs
 from attn_deploy.validate.polygraphy_io import polygraphy_command, save_polygraphy_data
 
 VALIDATION_JSON = "validation.json"
@@ -211,11 +215,6 @@ def validate_artifact(
     images (all of them, or the first ``num_images``), preprocessed as the manifest says. ``on_batch(done,
     total)`` reports progress. With ``write``, results are stored in the directory.
     """
-    from attn_deploy.backends.ort import OrtRunner
-    from attn_deploy.backends.torch_runner import TorchRunner
-    from attn_deploy.export.artifact_io import load_artifact
-    from attn_deploy.models import create_model
-
     start = time.perf_counter()
     artifact = load_artifact(directory)
     manifest = artifact.manifest

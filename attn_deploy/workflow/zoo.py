@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from attn_deploy.artifacts import Artifact, check_destination
 from attn_deploy.config import ExportConfig, check_opset
 from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.errors import ConfigError
 from attn_deploy.export.artifact import export_artifact
-from attn_deploy.export.artifact_io import Artifact, check_destination
 from attn_deploy.export.pipeline import ExportResult, StageCallback
 from attn_deploy.fsutil import check_name
 from attn_deploy.models import ModelSpec, create_model, model_spec
