@@ -41,7 +41,7 @@ from attn_deploy.precision.fp16 import convert_fp16
 from attn_deploy.precision.int8 import quantize_int8
 from attn_deploy.validate.classification import top1_agreement
 from attn_deploy.validate.detection import anchor_box_agreement, box_agreement
-from attn_deploy.validate.validation import evaluation_images
+from attn_deploy.validate.inputs import evaluation_images
 from benchmarks.display import console
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -23,7 +23,8 @@ from attn_deploy.machine import describe_cpu
 from attn_deploy.validate.classification import top1_agreement
 from attn_deploy.validate.detection import anchor_box_agreement, box_agreement, box_iou, decode, nms
 from attn_deploy.validate.polygraphy_io import INPUTS_NAME, OUTPUTS_NAME
-from attn_deploy.validate.validation import REPORT_MARKER, validate_artifact
+from attn_deploy.validate.report import REPORT_MARKER
+from attn_deploy.validate.validation import validate_artifact
 from attn_deploy.workflow.zoo import export_zoo_model
 
 

@@ -17,12 +17,12 @@ from attn_deploy.commands.progress import console
 from attn_deploy.markdown import fmt
 
 if TYPE_CHECKING:
-    from attn_deploy.validate.validation import Check
+    from attn_deploy.validate.scoring import Check
 
 
 def checks_table(title: str, checks: Sequence[Check], caption: str | None = None) -> Table:
     """A rich table of checks: metric, value, tolerance, pass/FAIL."""
-    from attn_deploy.validate.validation import show_value
+    from attn_deploy.validate.report import show_value
 
     table = Table(title=title, caption=caption)
     for col in ("metric", "value", "tolerance", "result"):
@@ -37,7 +37,7 @@ def checks_table(title: str, checks: Sequence[Check], caption: str | None = None
 def precision_tables(manifest: dict[str, Any]) -> list[Table]:
     """Tables for the export summary from an artifact's manifest: the precision graph's checks against
     PyTorch (its ``parity`` block) and the TensorRT engine (its ``engine`` block), where there are any."""
-    from attn_deploy.validate.validation import Check
+    from attn_deploy.validate.scoring import Check
 
     tables = []
     parity = manifest.get("parity", {})

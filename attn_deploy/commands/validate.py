@@ -59,12 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from attn_deploy.config import load_config
     from attn_deploy.data.preprocess import list_images
     from attn_deploy.models.registry import check_count
-    from attn_deploy.validate.validation import (
-        VALIDATION_JSON,
-        agreement_lines,
-        artifact_config,
-        validate_artifact,
-    )
+    from attn_deploy.validate.report import VALIDATION_JSON, agreement_lines
+    from attn_deploy.validate.validation import artifact_config, validate_artifact
 
     if args.seed is not None and args.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")

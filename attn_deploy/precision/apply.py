@@ -31,7 +31,9 @@ from attn_deploy.precision.calibration import calibration_set
 from attn_deploy.precision.fp16 import convert_fp16
 from attn_deploy.precision.graph import load_onnx
 from attn_deploy.precision.int8 import quantize_int8
-from attn_deploy.validate.validation import compare_runners, evaluation_images, per_output_rows, score
+from attn_deploy.validate.compare import compare_runners
+from attn_deploy.validate.inputs import evaluation_images
+from attn_deploy.validate.scoring import per_output_rows, score
 
 PLAN_NAME = "model.plan"
 StageCallback = Callable[[str], None]
