@@ -46,16 +46,16 @@ class Uint8Head(nn.Module):
 def make_artifact(out_dir: Path, *, name: str = "tiny-gate", dynamic_batch: bool = True) -> Path:
     """Export TinyGate with the project's artifact writer into ``out_dir``; returns the directory."""
     from attn_deploy.export.artifact import export_artifact
+    from attn_deploy.export.request import ExportRequest
 
     torch.manual_seed(0)
     export_artifact(
         TinyGate().eval(),
         torch.randn(1, *INPUT_SHAPE),
         out_dir,
-        model_name=name,
-        dynamic_batch=dynamic_batch,
-        input_names=["images"],
-        output_names=["features", "pooled"],
+        ExportRequest.of(
+            name, dynamic_batch=dynamic_batch, input_names=["images"], output_names=["features", "pooled"]
+        ),
     )
     return out_dir
 
@@ -63,16 +63,14 @@ def make_artifact(out_dir: Path, *, name: str = "tiny-gate", dynamic_batch: bool
 def make_uint8_artifact(out_dir: Path, *, name: str = "u8-head") -> Path:
     """Export Uint8Head (dynamic batch, input (B, 3, 8, 8) uint8) into ``out_dir``."""
     from attn_deploy.export.artifact import export_artifact
+    from attn_deploy.export.request import ExportRequest
 
     torch.manual_seed(0)
     export_artifact(
         Uint8Head().eval(),
         torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8),
         out_dir,
-        model_name=name,
-        dynamic_batch=True,
-        input_names=["images"],
-        output_names=["scores", "label"],
+        ExportRequest.of(name, dynamic_batch=True, input_names=["images"], output_names=["scores", "label"]),
     )
     return out_dir
 
@@ -98,18 +96,21 @@ def make_fpn_artifact(out_dir: Path, *, name: str = "tiny-fpn", preprocess: dict
     """Export TinyFPN (dynamic batch, height and width; exported at 64x64) with ``preprocess`` in its
     manifest (e.g. ``{"kind": "letterbox", "size": [64, 64], "stride": 32}``; None: an old manifest)."""
     from attn_deploy.export.artifact import export_artifact
+    from attn_deploy.export.request import ExportRequest
 
     torch.manual_seed(0)
     export_artifact(
         TinyFPN().eval(),
         torch.randn(1, 3, 64, 64),
         out_dir,
-        model_name=name,
-        preprocess=preprocess,
-        dynamic_batch=True,
-        dynamic_hw=True,
-        input_names=["images"],
-        output_names=["pooled"],
+        ExportRequest.of(
+            name,
+            preprocess=preprocess,
+            dynamic_batch=True,
+            dynamic_hw=True,
+            input_names=["images"],
+            output_names=["pooled"],
+        ),
     )
     return out_dir
 

@@ -400,11 +400,12 @@ def test_an_opset_the_exporter_cannot_produce_is_refused(tmp_path: Path, caplog)
 
     from attn_deploy.errors import ExportError
     from attn_deploy.export.artifact import export_artifact
+    from attn_deploy.export.request import ExportRequest
     from tests._serve_helpers import TinyGate
 
     out = tmp_path / "tiny" / "ort-fp32"
     with pytest.raises(ExportError, match="could not produce opset 17: the graph is opset 18"):
-        export_artifact(TinyGate().eval(), torch.randn(1, 3, 16, 16), out, model_name="tiny", opset=17)
+        export_artifact(TinyGate().eval(), torch.randn(1, 3, 16, 16), out, ExportRequest.of("tiny", opset=17))
     assert not (tmp_path / "tiny").exists(), "no staging, and no folder made for it"
     noise = [r.getMessage()[:80] for r in caplog.records if r.levelno >= logging.WARNING]
     assert not noise, "the one-line error is all the user sees (onnxscript's converter logged a traceback)"

@@ -203,11 +203,10 @@ def test_dynamic_yolo_zoo_artifact_refuses_sizes_off_stride_32(yolo_dynamic_expo
 
 def test_zoo_manifests_record_stride_and_min_size_only_where_needed() -> None:
     from attn_deploy.models import model_spec
-    from attn_deploy.workflow.zoo import preprocess_info
 
     def info(name: str) -> dict:
         spec = model_spec(name)
-        return preprocess_info(spec, spec.input_size)
+        return spec.preprocess_info(spec.input_size)
 
     assert info("yolov8s-eca")["stride"] == 32 and "min_size" not in info("yolov8s-eca")
     assert "stride" not in info("resnet50-se") and "min_size" not in info("resnet50-se")  # global pooling

@@ -18,7 +18,6 @@ from attn_deploy.bench.targets import (
     build_targets,
 )
 from attn_deploy.bench.timing import CV_WARN, LatencyStats, fix_threads, time_interleaved
-from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.errors import AttnDeployError, ConfigError
 from attn_deploy.models import create_model, model_spec, resolve_name
@@ -131,7 +130,7 @@ def prepare_model(name: str, imgsz: int | str | tuple[int, int] | None, batch: i
         input_name=spec.input_name,
         output_names=list(spec.output_names),
         task=spec.task,
-        preprocess=PreprocessSpec.for_kind(spec.preprocess, size),
+        preprocess=spec.preprocessing(size),
     )
 
 

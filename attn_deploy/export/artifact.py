@@ -16,6 +16,7 @@ from attn_deploy.artifacts import MANIFEST_NAME, ONNX_NAME, REPORT_NAME, Artifac
 from attn_deploy.errors import ExportError
 from attn_deploy.export.manifest import build_manifest, parity_dict
 from attn_deploy.export.pipeline import ExportResult, StageCallback, export_onnx
+from attn_deploy.export.request import ExportRequest
 from attn_deploy.markdown import markdown_table
 
 
@@ -92,62 +93,31 @@ def export_artifact(
     model: nn.Module,
     sample: torch.Tensor | Sequence[torch.Tensor],
     out_dir: str | os.PathLike[str],
+    request: ExportRequest,
     *,
-    model_name: str,
-    target: str = "ort-fp32",
-    task: str | None = None,
-    preprocess: dict[str, Any] | None = None,
-    dynamic_batch: bool = False,
-    dynamic_hw: bool = False,
-    opset: int = 18,
-    simplify: bool = True,
-    input_names: Sequence[str] | None = None,
-    output_names: Sequence[str] | None = None,
     on_stage: StageCallback | None = None,
     precision_stage: Callable[[Path], dict[str, Any]] | None = None,
-    weights: str | os.PathLike[str] | None = None,
 ) -> tuple[Artifact, ExportResult]:
-    """Export ``model`` (verified, see :func:`export_onnx`) into the artifact directory ``out_dir``.
+    """Export ``model`` as ``request`` says (verified, see :func:`export_onnx`) into the artifact directory
+    ``out_dir``.
 
     ``precision_stage`` (:func:`attn_deploy.precision.apply.precision_stage`) rewrites the staged FP32 ONNX
     in place and returns manifest entries; the FP32 export's parity is then kept as ``fp32_parity``.
-    ``weights`` (the state_dict the model was loaded from) is recorded so ``validate`` rebuilds the same model.
     """
     samples = (sample,) if isinstance(sample, torch.Tensor) else tuple(sample)
     with staged_directory(out_dir) as staging:
-        result = export_onnx(
-            model,
-            samples,
-            staging / ONNX_NAME,
-            dynamic_batch=dynamic_batch,
-            dynamic_hw=dynamic_hw,
-            opset=opset,
-            simplify=simplify,
-            input_names=input_names,
-            output_names=output_names,
-            on_stage=on_stage,
-        )
+        result = export_onnx(model, samples, staging / ONNX_NAME, on_stage=on_stage, **request.onnx_options())
         actual = graph_opset(result.path)
-        if actual != opset:  # the exporter's down-conversion can fail and leave its own opset
+        if actual != request.opset:  # the exporter's down-conversion can fail and leave its own opset
             raise ExportError(
-                f"the exporter could not produce opset {opset}: the graph is opset {actual}; use --opset {actual}"
+                f"the exporter could not produce opset {request.opset}: the graph is opset {actual}; "
+                f"use --opset {actual}"
             )
-        extra = {"weights": str(Path(weights).resolve()) if weights else None}
+        extra: dict[str, Any] = {"export_shape": list(samples[0].shape)}
         extra.update(precision_stage(result.path) if precision_stage else {})
         if "parity" in extra:  # the precision graph's own check replaces the FP32 export's
             extra["fp32_parity"] = parity_dict(result)
-        manifest = build_manifest(
-            result,
-            model_name=model_name,
-            target=target,
-            task=task,
-            preprocess=preprocess,
-            dynamic_batch=dynamic_batch,
-            dynamic_hw=dynamic_hw,
-            export_shape=tuple(samples[0].shape),
-            precision=extra.get("precision", "fp32"),
-            extra=extra,
-        )
+        manifest = build_manifest(result, request, extra)
         write_artifact_files(staging, manifest)
     final = Path(out_dir)
     result.path = final / ONNX_NAME

@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 from attn_deploy.export.pipeline import ExportResult
+from attn_deploy.export.request import ExportRequest
 from attn_deploy.fsutil import sha256_file
 from attn_deploy.machine import describe_cpu, library_versions
 
@@ -30,33 +31,25 @@ def parity_dict(result: ExportResult) -> dict[str, Any]:
 
 
 def build_manifest(
-    result: ExportResult,
-    *,
-    model_name: str,
-    target: str = "ort-fp32",
-    precision: str = "fp32",
-    task: str | None = None,
-    preprocess: dict[str, Any] | None = None,
-    dynamic_batch: bool = False,
-    dynamic_hw: bool = False,
-    export_shape: tuple[int, ...] | None = None,
-    extra: dict[str, Any] | None = None,
+    result: ExportResult, request: ExportRequest, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The manifest for an artifact whose ONNX file is ``result.path`` (hashed as written)."""
+    """The manifest for an artifact whose ONNX file is ``result.path`` (hashed as written), made as ``request``
+    says; ``extra`` entries (``export_shape``, a precision stage's ``precision``, ``target``,
+    ``config``, ...) are added last and win."""
     manifest: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
-        "model": model_name,
-        "task": task,
-        "target": target,
-        "precision": precision,
+        "model": request.model_name,
+        "task": request.task,
+        "target": request.target,
+        "precision": "fp32",
         "onnx": result.path.name,
         "sha256": sha256_file(result.path),
         "opset": result.opset,
         "exporter": result.exporter,
         "inputs": result.inputs,
         "outputs": result.outputs,
-        "dynamic": {"batch": dynamic_batch, "hw": dynamic_hw},
-        "export_shape": list(export_shape) if export_shape else None,
+        "dynamic": {"batch": request.dynamic_batch, "hw": request.dynamic_hw},
+        "export_shape": None,
         "rewrites": result.rewrites,
         "rewrite_sites": [{"rule": s.rule, "module": s.module} for s in result.rewrite_sites],
         "ops": {"before": result.ops_before, "after": result.ops_after},
@@ -64,10 +57,11 @@ def build_manifest(
         "parity": parity_dict(result),
         "versions": library_versions(),
         "machine": describe_cpu(),  # INT8/FP16 numerics depend on the CPU's kernels (attn_deploy.machine)
-        "preprocess": preprocess,
+        "preprocess": request.preprocess,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "export_seconds": round(result.seconds, 2),
         "stage_seconds": result.stage_seconds,
+        "weights": request.weights,
     }
     manifest.update(extra or {})
     return manifest

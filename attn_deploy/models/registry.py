@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.errors import ConfigError, InputError
 
 MIN_SIDE, MAX_SIDE = 8, 4096
@@ -23,6 +24,10 @@ MAX_BATCH = 256
 """Largest batch of an export or benchmark sample (a dynamic-batch export takes any batch at run time)."""
 MAX_PIXELS = 1 << 28
 """Largest images x height x width held at once (3 GiB as float32 RGB)."""
+
+_MIN_POSITIONS = {"simam": 2, "sparse": 32}
+"""Attention that needs this many positions (H*W) on the coarsest feature map (stride 32 in the zoo):
+SimAM divides by H*W - 1 (NaN at 1x1), sparse attention keeps topk=32 positions."""
 
 ATTN = "attn"
 """Name of every attention submodule in zoo models; state_dict keys holding it belong to attention."""
@@ -82,11 +87,48 @@ class ModelSpec:
             )
         check_input_size(self.name, height, width, self.size_divisor)
 
+    def min_size(self) -> int | None:
+        """Smallest height/width (a multiple of ``size_divisor``) whose stride-32 feature map is big enough
+        for the attention (``None``: global pooling, any size runs)."""
+        positions = _MIN_POSITIONS.get(self.attention)
+        if positions is None:
+            return None
+        cells = 1
+        while cells * cells < positions:
+            cells += 1
+        return -(-(32 * (cells - 1) + 1) // self.size_divisor) * self.size_divisor
+
+    def preprocess_info(self, size: tuple[int, int]) -> dict[str, Any]:
+        """The manifest's ``preprocess`` block at input ``size`` (H, W): how raw images become the model's input.
+
+        The one source of the model's preprocessing: :meth:`preprocessing` and :meth:`normalize` derive from
+        it. ``stride`` (when the model needs H and W to be multiples of it) and ``min_size`` (when H and W must
+        each be at least that) tell servers which dynamic sizes the model really accepts.
+        """
+        info: dict[str, Any] = {
+            "kind": self.preprocess,
+            "size": [int(size[0]), int(size[1])],
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+        if self.size_divisor > 1:
+            info["stride"] = self.size_divisor
+        min_size = self.min_size()
+        if min_size is not None:
+            info["min_size"] = min_size
+        return info
+
+    def preprocessing(self, size: tuple[int, int]) -> PreprocessSpec:
+        """The :class:`PreprocessSpec` (raw images -> input at ``size``) of :meth:`preprocess_info`."""
+        return PreprocessSpec.from_dict(self.preprocess_info(size))
+
     def normalize(self, images: np.ndarray) -> torch.Tensor:
         """Turn ``uint8`` RGB images ``(N, H, W, 3)`` into the model's float32 input ``(N, 3, H, W)``."""
+        images = np.asarray(images)
+        spec = self.preprocessing((images.shape[1], images.shape[2]))
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std).view(1, 3, 1, 1)
         return (x - mean) / std
 
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from attn_deploy.artifacts import Artifact, check_destination
 from attn_deploy.config import ExportConfig, check_opset
-from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.errors import ConfigError
 from attn_deploy.export.artifact import export_artifact
 from attn_deploy.export.pipeline import ExportResult, StageCallback
+from attn_deploy.export.request import ExportRequest
 from attn_deploy.fsutil import check_name
 from attn_deploy.models import ModelSpec, create_model, model_spec
 from attn_deploy.models.registry import check_count
@@ -40,42 +39,6 @@ def parse_imgsz(imgsz: int | str | tuple[int, int] | None, spec: ModelSpec) -> t
         size = (int(imgsz[0]), int(imgsz[1]))
     spec.check_size(*size)
     return size
-
-
-_MIN_POSITIONS = {"simam": 2, "sparse": 32}
-"""Attention that needs this many positions (H*W) on the coarsest feature map (stride 32 in the zoo):
-SimAM divides by H*W - 1 (NaN at 1x1), sparse attention keeps topk=32 positions."""
-
-
-def _min_size(spec: ModelSpec) -> int | None:
-    """Smallest height/width (a multiple of ``size_divisor``) whose stride-32 feature map is big enough."""
-    positions = _MIN_POSITIONS.get(spec.attention)
-    if positions is None:
-        return None  # global pooling: any size runs
-    cells = 1
-    while cells * cells < positions:
-        cells += 1
-    return -(-(32 * (cells - 1) + 1) // spec.size_divisor) * spec.size_divisor
-
-
-def preprocess_info(spec: ModelSpec, size: tuple[int, int]) -> dict[str, Any]:
-    """The manifest's ``preprocess`` block: how raw images become the model's input.
-
-    ``stride`` (when the model needs H and W to be multiples of it) and ``min_size`` (when H and W must
-    each be at least that) tell servers which dynamic sizes the model really accepts.
-    """
-    info: dict[str, Any] = {
-        "kind": spec.preprocess,
-        "size": list(size),
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-    }
-    if spec.size_divisor > 1:
-        info["stride"] = spec.size_divisor
-    min_size = _min_size(spec)
-    if min_size is not None:
-        info["min_size"] = min_size
-    return info
 
 
 def export_zoo_model(
@@ -117,24 +80,20 @@ def export_zoo_model(
     dynamic_batch, dynamic_hw = dynamic, dynamic if dynamic_hw is None else dynamic and dynamic_hw
     if config is not None:
         dynamic_batch, dynamic_hw = config.dynamic.batch, config.dynamic.hw
-        preprocess = PreprocessSpec.from_dict(preprocess_info(spec, size))
+        preprocess = spec.preprocessing(size)
         io = ModelIO(model, spec.input_name, spec.output_names, spec.task, preprocess, tuple(sample.shape))
         stage = precision_stage(config, io, calib_dir, on_stage)
-    return export_artifact(
-        model,
-        sample,
-        out_dir,
-        model_name=spec.name,
+    request = ExportRequest.of(
+        spec.name,
         target=target,
         task=spec.task,
-        preprocess=preprocess_info(spec, size),
+        preprocess=spec.preprocess_info(size),
         dynamic_batch=dynamic_batch,
         dynamic_hw=dynamic_hw,
         opset=opset,
         simplify=simplify,
         input_names=[spec.input_name],
-        output_names=list(spec.output_names),
-        on_stage=on_stage,
-        precision_stage=stage,
+        output_names=spec.output_names,
         weights=weights,
     )
+    return export_artifact(model, sample, out_dir, request, on_stage=on_stage, precision_stage=stage)
