@@ -400,6 +400,10 @@ def _scalar(hint: Any, value: Any, key: str) -> Any:
     )  # a bug in this module, not user input
 
 
+PLAIN_TARGET = "ort-fp32"
+"""The config (and target folder) of an export given neither ``--config`` nor ``--precision``."""
+
+
 def resolve_export_config(
     config: str | os.PathLike[str] | None = None,
     precision: str | None = None,
@@ -409,9 +413,10 @@ def resolve_export_config(
     opset: int | None = None,
     calib_method: str | None = None,
     calib_dir: str | os.PathLike[str] | None = None,
-) -> ExportConfig | None:
-    """The config of an `attn-deploy export` call, from ``--config`` and the shortcuts; ``None`` (a plain FP32
-    export) when neither ``config`` nor ``precision`` is given.
+) -> ExportConfig:
+    """The config of an `attn-deploy export` call, from ``--config`` and the shortcuts. A plain FP32 export
+    (neither ``config`` nor ``precision``) is ``ort-fp32`` with the requested dynamic axes and opset, still
+    named ``ort-fp32`` (its target folder, as always).
 
     ``--precision P`` alone means ``ort-P`` (``ort-P-dynamic`` with ``--dynamic``); with ``--config`` it must
     agree with the config. ``--dynamic`` on a static config makes both axes dynamic and names the target
@@ -420,11 +425,14 @@ def resolve_export_config(
     """
     if opset is not None:
         check_opset(opset, "--opset")
+    hw = dynamic if dynamic_hw is None else dynamic_hw and dynamic
     if config is None and precision is None:
         if calib_method or calib_dir:
             raise ConfigError("--calib-method/--calib-dir need --precision int8 or an int8 --config")
-        return None
-    hw = dynamic if dynamic_hw is None else dynamic_hw and dynamic
+        plain: dict[str, Any] = {"dynamic.batch": dynamic, "dynamic.hw": hw}
+        if opset is not None:
+            plain["opset"] = opset
+        return replace_config(load_config(PLAIN_TARGET), plain)
     suffix = "-dynamic" if dynamic and hw else ""
     loaded = load_config(config if config is not None else f"ort-{precision}{suffix}")
     if precision is not None and precision != loaded.precision:

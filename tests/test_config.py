@@ -137,7 +137,19 @@ def test_overrides_and_round_trip():
 
 
 def test_export_shortcuts():
-    assert resolve_export_config() is None
+    plain = resolve_export_config()
+    assert (plain.name, plain.precision, plain.dynamic.batch, plain.dynamic.hw) == (
+        "ort-fp32",
+        "fp32",
+        False,
+        False,
+    )
+    plain_dynamic = resolve_export_config(dynamic=True)
+    assert (plain_dynamic.name, plain_dynamic.dynamic.batch, plain_dynamic.dynamic.hw) == (
+        "ort-fp32",
+        True,
+        True,
+    )
     assert resolve_export_config(precision="fp16").name == "ort-fp16"
     assert resolve_export_config(precision="int8", dynamic=True).name == "ort-int8-dynamic"
     batch_only = resolve_export_config(precision="fp16", dynamic=True, dynamic_hw=False)

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         calib_method=args.calib_method,
         calib_dir=args.calib_dir,
     )
-    if args.calib_dir and config is not None:  # a missing folder or bad image fails now, not after export
+    if args.calib_dir:  # a missing folder or bad image fails now, not after export
         check_image_dir(args.calib_dir, config.int8.num_images)
     with stage_progress(f"export {args.model}") as on_stage:
         artifact, result = export_zoo_model(

@@ -30,7 +30,8 @@ from attn_deploy.validate.scoring import per_output_rows, score
 
 
 def artifact_config(manifest: dict[str, Any]) -> ExportConfig:
-    """The artifact's export config: its ``config`` entry, else the config named by its target."""
+    """The artifact's export config: the one its manifest records (``config``, every export since configs were
+    always resolved), else, for an older manifest, the config named by its target."""
     if isinstance(manifest.get("config"), dict):
         return replace_config(ExportConfig(), manifest["config"])
     target = str(manifest.get("target", "ort-fp32"))

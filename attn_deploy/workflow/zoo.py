@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from attn_deploy.artifacts import Artifact, check_destination
-from attn_deploy.config import ExportConfig, check_opset
+from attn_deploy.config import ExportConfig, check_opset, replace_config, resolve_export_config
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.errors import ConfigError
 from attn_deploy.export.artifact import export_artifact
@@ -60,36 +60,37 @@ def export_zoo_model(
     """Create zoo model ``name`` and export it, verified, to ``<out_root>/<canonical name>/<target>/``.
 
     The sample input is a deterministic synthetic image, preprocessed as the model expects.
-    ``dynamic`` makes batch, height and width dynamic (``dynamic_hw=False``: the batch alone). A ``config``
-    (export_configs/*.yaml) decides the target name, opset, dynamic axes and precision instead (INT8
-    calibrates on ``calib_dir`` images, or on synthetic ones), and the precision graph is checked against
-    PyTorch under its tolerances.
+    ``dynamic`` makes batch, height and width dynamic (``dynamic_hw=False``: the batch alone): without a
+    ``config``, the export is ``ort-fp32`` so (:func:`attn_deploy.config.resolve_export_config`) in folder
+    ``target``. A ``config`` (export_configs/*.yaml) decides the target name, opset, dynamic axes and
+    precision instead (INT8 calibrates on ``calib_dir`` images, or on synthetic ones), and the precision graph
+    is checked against PyTorch under its tolerances. The manifest records the config either way (``config``).
     """
     spec = model_spec(name)
     size = parse_imgsz(imgsz, spec)
     check_count(batch, size, "--batch")
-    if config is not None:
-        target, opset = config.name, config.opset
+    if config is None:  # a plain FP32 export: ort-fp32 with these axes and opset, in folder ``target``
+        config = resolve_export_config(dynamic=dynamic, dynamic_hw=dynamic_hw, opset=opset)
+        config = replace_config(config, {"name": target}) if target != config.name else config
+    target, opset = config.name, config.opset
     out_dir = check_destination(Path(out_root) / spec.name / check_name(target, "target"))
     check_opset(opset, "--opset")
     if on_stage:
         on_stage("build model")
     model = create_model(name, weights=weights)
     sample = spec.normalize(synthetic_images(batch, size, seed=SAMPLE_SEED))
-    stage = None
-    dynamic_batch, dynamic_hw = dynamic, dynamic if dynamic_hw is None else dynamic and dynamic_hw
-    if config is not None:
-        dynamic_batch, dynamic_hw = config.dynamic.batch, config.dynamic.hw
-        preprocess = spec.preprocessing(size)
-        io = ModelIO(model, spec.input_name, spec.output_names, spec.task, preprocess, tuple(sample.shape))
-        stage = precision_stage(config, io, calib_dir, on_stage)
+    io = ModelIO(
+        model, spec.input_name, spec.output_names, spec.task, spec.preprocessing(size), tuple(sample.shape)
+    )
+    # every export runs the stage: it records the config; an FP32 config leaves the graph as it is
+    stage = precision_stage(config, io, calib_dir, on_stage)
     request = ExportRequest.of(
         spec.name,
         target=target,
         task=spec.task,
         preprocess=spec.preprocess_info(size),
-        dynamic_batch=dynamic_batch,
-        dynamic_hw=dynamic_hw,
+        dynamic_batch=config.dynamic.batch,
+        dynamic_hw=config.dynamic.hw,
         opset=opset,
         simplify=simplify,
         input_names=[spec.input_name],
