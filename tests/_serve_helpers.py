@@ -3,6 +3,7 @@ raw v2 request building, and Triton's own ModelConfig proto for parsing config.p
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import json
 import sys
@@ -147,6 +148,19 @@ def raw_request(
 
 
 _MODEL_CONFIG_PB2: ModuleType | None = None
+
+
+def http_request(
+    port: int, method: str, path: str, body: bytes = b"", headers: dict | None = None
+) -> tuple[int, bytes, dict[str, str]]:
+    """One plain HTTP request to 127.0.0.1:``port``: status, body and headers (no client library in between)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read(), dict(response.getheaders())
+    finally:
+        conn.close()
 
 
 def triton_model_config_pb2() -> ModuleType:

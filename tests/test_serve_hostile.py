@@ -28,6 +28,7 @@ from attn_deploy.serve.model_pool import ServeOptions
 from attn_deploy.serve.server import BackgroundServer
 from tests._serve_helpers import (
     INPUT_SHAPE,
+    http_request,
     make_artifact,
     make_fpn_artifact,
     make_uint8_artifact,
@@ -79,18 +80,6 @@ def server(artifacts: dict[str, Path]) -> Iterator[BackgroundServer]:
         yield srv
 
 
-def _raw(
-    server: BackgroundServer, method: str, path: str, body: bytes = b"", headers: dict | None = None
-) -> tuple[int, bytes, dict[str, str]]:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read(), dict(response.getheaders())
-    finally:
-        conn.close()
-
-
 def _error(status: int, body: bytes, headers: dict[str, str], want_status: int, *fragments: str) -> str:
     """Assert a one-line JSON error with ``want_status`` containing every fragment; return the message."""
     assert status == want_status, body
@@ -112,7 +101,7 @@ def _infer_path(model: str = MODEL) -> str:
 
 def _still_serving(server: BackgroundServer) -> None:
     body, headers = raw_request({"images": _images()}, binary=True)
-    status, raw, _ = _raw(server, "POST", _infer_path(), body, headers)
+    status, raw, _ = http_request(server.port, "POST", _infer_path(), body, headers)
     assert status == 200, raw
 
 
@@ -124,9 +113,11 @@ def _metric(server: BackgroundServer, name: str, model: str = MODEL) -> float:
 
 
 def test_100k_nested_brackets_is_400_not_recursion_error(server: BackgroundServer) -> None:
-    status, body, headers = _raw(server, "POST", _infer_path(), b"[" * 100_000)
+    status, body, headers = http_request(server.port, "POST", _infer_path(), b"[" * 100_000)
     _error(status, body, headers, 400, "nested too deeply")
-    status, body, headers = _raw(server, "POST", _infer_path(), b'{"inputs": ' + b"[" * 100_000 + b"]}")
+    status, body, headers = http_request(
+        server.port, "POST", _infer_path(), b'{"inputs": ' + b"[" * 100_000 + b"]}"
+    )
     _error(status, body, headers, 400, "nested too deeply")
     _still_serving(server)
 
@@ -136,11 +127,11 @@ def test_data_nested_deeper_than_the_shape_is_400(server: BackgroundServer) -> N
     for _ in range(500):  # parseable JSON, but far deeper than the rank-4 shape
         data = [data]
     request = {"inputs": [{"name": "images", "shape": [1, *INPUT_SHAPE], "datatype": "FP32", "data": data}]}
-    status, body, headers = _raw(server, "POST", _infer_path(), json.dumps(request).encode())
+    status, body, headers = http_request(server.port, "POST", _infer_path(), json.dumps(request).encode())
     _error(status, body, headers, 400, "input 'images': data is nested deeper than its shape [1, 3, 16, 16]")
     nested = _images().tolist()  # nested exactly as the shape: accepted, as before
     request["inputs"][0]["data"] = nested
-    status, body, _ = _raw(server, "POST", _infer_path(), json.dumps(request).encode())
+    status, body, _ = http_request(server.port, "POST", _infer_path(), json.dumps(request).encode())
     assert status == 200, body
 
 
@@ -151,7 +142,7 @@ def test_data_nested_deeper_than_the_shape_is_400(server: BackgroundServer) -> N
 def test_size_off_the_stride_is_400_naming_the_rule(server: BackgroundServer, hw: tuple[int, int]) -> None:
     failures = _metric(server, "nv_inference_request_failure", FPN)
     body, headers = raw_request({"images": _images(1, hw)}, binary=True)
-    status, raw, got_headers = _raw(server, "POST", _infer_path(FPN), body, headers)
+    status, raw, got_headers = http_request(server.port, "POST", _infer_path(FPN), body, headers)
     _error(
         status,
         raw,
@@ -165,26 +156,26 @@ def test_size_off_the_stride_is_400_naming_the_rule(server: BackgroundServer, hw
 def test_sizes_on_the_stride_run(server: BackgroundServer) -> None:
     for hw in ((64, 64), (96, 32), (128, 64)):
         body, headers = raw_request({"images": _images(2, hw)}, binary=True)
-        status, raw, _ = _raw(server, "POST", _infer_path(FPN), body, headers)
+        status, raw, _ = http_request(server.port, "POST", _infer_path(FPN), body, headers)
         assert status == 200, raw
 
 
 def test_old_manifest_without_stride_still_gets_400_from_the_ort_failure(server: BackgroundServer) -> None:
     body, headers = raw_request({"images": _images(1, (65, 65))}, binary=True)
-    status, raw, got_headers = _raw(server, "POST", _infer_path(FPN_OLD), body, headers)
+    status, raw, got_headers = http_request(server.port, "POST", _infer_path(FPN_OLD), body, headers)
     _error(
         status, raw, got_headers, 400, "cannot run inputs of shape images [1, 3, 65, 65]", "[1, 3, 64, 64]"
     )
     body, headers = raw_request({"images": _images(1, (64, 96))}, binary=True)
-    assert _raw(server, "POST", _infer_path(FPN_OLD), body, headers)[0] == 200
+    assert http_request(server.port, "POST", _infer_path(FPN_OLD), body, headers)[0] == 200
 
 
 def test_min_size_from_the_manifest(server: BackgroundServer) -> None:
     body, headers = raw_request({"images": _images(1, (64, 128))}, binary=True)
-    status, raw, got_headers = _raw(server, "POST", _infer_path(FPN_MIN), body, headers)
+    status, raw, got_headers = http_request(server.port, "POST", _infer_path(FPN_MIN), body, headers)
     _error(status, raw, got_headers, 400, "height and width must be at least 96 for this model")
     body, headers = raw_request({"images": _images(1, (96, 128))}, binary=True)
-    assert _raw(server, "POST", _infer_path(FPN_MIN), body, headers)[0] == 200
+    assert http_request(server.port, "POST", _infer_path(FPN_MIN), body, headers)[0] == 200
 
 
 @pytest.mark.slow
@@ -195,10 +186,12 @@ def test_dynamic_yolo_zoo_artifact_refuses_sizes_off_stride_32(yolo_dynamic_expo
     with BackgroundServer([artifact.dir], ServeOptions(max_batch=1)) as srv:
         for hw in ((65, 65), (100, 128)):
             body, headers = raw_request({"images": _images(1, hw)}, binary=True)
-            status, raw, got_headers = _raw(srv, "POST", _infer_path(artifact.name), body, headers)
+            status, raw, got_headers = http_request(
+                srv.port, "POST", _infer_path(artifact.name), body, headers
+            )
             _error(status, raw, got_headers, 400, "height and width must be multiples of 32 for this model")
         body, headers = raw_request({"images": _images(1, (64, 96))}, binary=True)
-        assert _raw(srv, "POST", _infer_path(artifact.name), body, headers)[0] == 200
+        assert http_request(srv.port, "POST", _infer_path(artifact.name), body, headers)[0] == 200
 
 
 def test_zoo_manifests_record_stride_and_min_size_only_where_needed() -> None:
@@ -295,7 +288,9 @@ def test_idle_keep_alive_connection_is_closed_and_tritonclient_reconnects(server
 
 def test_bodies_over_the_limit_are_413_chunked_and_gzip_bombs_included(server: BackgroundServer) -> None:
     bomb = gzip.compress(b"0" * 20_000_000)  # 20 MB inflated, ~20 kB on the wire, 1 MB limit
-    status, body, headers = _raw(server, "POST", _infer_path(), bomb, {"Content-Encoding": "gzip"})
+    status, body, headers = http_request(
+        server.port, "POST", _infer_path(), bomb, {"Content-Encoding": "gzip"}
+    )
     _error(status, body, headers, 413, "over the 1 MB limit")
 
     def chunks() -> Iterator[bytes]:
@@ -370,17 +365,21 @@ def test_disconnects_log_one_debug_line_and_are_not_failures(
 def test_wrong_json_types_for_fp32_are_400(server: BackgroundServer, value: object, found: str) -> None:
     data = [0.0] * 767 + [value]
     request = {"inputs": [{"name": "images", "shape": [1, *INPUT_SHAPE], "datatype": "FP32", "data": data}]}
-    status, body, headers = _raw(server, "POST", _infer_path(), json.dumps(request).encode())
+    status, body, headers = http_request(server.port, "POST", _infer_path(), json.dumps(request).encode())
     _error(status, body, headers, 400, "input 'images'", "FP32", f"found {found}")
 
 
 def test_floats_for_uint8_are_400(server: BackgroundServer) -> None:
     data = [1.5] + [0] * 191
     request = {"inputs": [{"name": "images", "shape": [1, 3, 8, 8], "datatype": "UINT8", "data": data}]}
-    status, body, headers = _raw(server, "POST", _infer_path(UINT8), json.dumps(request).encode())
+    status, body, headers = http_request(
+        server.port, "POST", _infer_path(UINT8), json.dumps(request).encode()
+    )
     _error(status, body, headers, 400, "input 'images'", "UINT8", "takes integer values, found float")
     request["inputs"][0]["data"] = [300] + [0] * 191
-    status, body, headers = _raw(server, "POST", _infer_path(UINT8), json.dumps(request).encode())
+    status, body, headers = http_request(
+        server.port, "POST", _infer_path(UINT8), json.dumps(request).encode()
+    )
     _error(status, body, headers, 400, "does not convert to UINT8")
 
 
@@ -403,7 +402,9 @@ def test_floats_for_uint8_are_400(server: BackgroundServer) -> None:
 )
 def test_accept_encoding_q_values(server: BackgroundServer, accept: str, coding: str | None) -> None:
     body, headers = raw_request({"images": _images()}, binary=False)
-    status, raw, got = _raw(server, "POST", _infer_path(), body, {**headers, "Accept-Encoding": accept})
+    status, raw, got = http_request(
+        server.port, "POST", _infer_path(), body, {**headers, "Accept-Encoding": accept}
+    )
     assert status == 200
     assert got.get("Content-Encoding") == coding
     if coding == "gzip":
@@ -466,7 +467,7 @@ SIBLINGS = {
 @pytest.mark.parametrize("case", list(SIBLINGS))
 def test_bad_headers_get_one_line_json_errors(server: BackgroundServer, case: str) -> None:
     headers, body, status, fragment = SIBLINGS[case]
-    got_status, got_body, got_headers = _raw(server, "POST", _infer_path(), body, headers)
+    got_status, got_body, got_headers = http_request(server.port, "POST", _infer_path(), body, headers)
     _error(got_status, got_body, got_headers, status, fragment)
     _still_serving(server)
 
@@ -496,13 +497,13 @@ def test_binary_sizes_and_shapes_that_do_not_add_up(
     server: BackgroundServer, shape: list[int], size: object, tail: int, fragment: str
 ) -> None:
     body, headers = _binary_with(shape, size, b"\0" * tail)
-    status, raw, got_headers = _raw(server, "POST", _infer_path(), body, headers)
+    status, raw, got_headers = http_request(server.port, "POST", _infer_path(), body, headers)
     _error(status, raw, got_headers, 400, fragment)
 
 
 def test_huge_dims_on_a_dynamic_image_model(server: BackgroundServer) -> None:
     body, headers = _binary_with([1, 3, 0, 2**62], 0, b"")
-    status, raw, got_headers = _raw(server, "POST", _infer_path(FPN), body, headers)
+    status, raw, got_headers = http_request(server.port, "POST", _infer_path(FPN), body, headers)
     _error(status, raw, got_headers, 400, "input 'images'")
 
 
@@ -518,21 +519,21 @@ def test_huge_dims_on_a_dynamic_image_model(server: BackgroundServer) -> None:
 )
 def test_model_names_that_are_paths_are_404(server: BackgroundServer, path: str) -> None:
     method = "POST" if path.endswith("infer") else "GET"
-    status, body, headers = _raw(server, method, path, b"{}")
+    status, body, headers = http_request(server.port, method, path, b"{}")
     message = _error(status, body, headers, 404)
     assert len(message) < 1000
 
 
 def test_unknown_routes_and_methods(server: BackgroundServer) -> None:
-    status, body, headers = _raw(server, "GET", "/v2/nothing/here")
+    status, body, headers = http_request(server.port, "GET", "/v2/nothing/here")
     _error(status, body, headers, 404, "Not Found: GET /v2/nothing/here")
-    status, body, headers = _raw(server, "POST", "/v2/health/live")
+    status, body, headers = http_request(server.port, "POST", "/v2/health/live")
     _error(status, body, headers, 405, "Method Not Allowed: POST /v2/health/live")
     assert "GET" in headers["Allow"]
-    status, body, headers = _raw(server, "GET", _infer_path())
+    status, body, headers = http_request(server.port, "GET", _infer_path())
     _error(status, body, headers, 405)
     assert headers["Allow"] == "POST"
-    status, body, headers = _raw(server, "DELETE", f"/v2/models/{MODEL}")
+    status, body, headers = http_request(server.port, "DELETE", f"/v2/models/{MODEL}")
     _error(status, body, headers, 405)
 
 

@@ -17,7 +17,14 @@ from tritonclient.utils import InferenceServerException
 from attn_deploy.serve.metrics import fetch_metrics
 from attn_deploy.serve.model_pool import ServeOptions
 from attn_deploy.serve.server import BackgroundServer
-from tests._serve_helpers import INPUT_SHAPE, make_artifact, make_uint8_artifact, onnx_reference, raw_request
+from tests._serve_helpers import (
+    INPUT_SHAPE,
+    http_request,
+    make_artifact,
+    make_uint8_artifact,
+    onnx_reference,
+    raw_request,
+)
 
 MODEL = "tiny-gate"
 STATIC = "tiny-gate-static"
@@ -59,16 +66,6 @@ def _infer(
     inp.set_data_from_numpy(images, binary_data=binary)
     outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("features", "pooled")]
     return client.infer(model, [inp], outputs=outputs, **kw)
-
-
-def _raw(server: BackgroundServer, method: str, path: str, body: bytes = b"", headers: dict | None = None):
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read(), dict(response.getheaders())
-    finally:
-        conn.close()
 
 
 def metric(server: BackgroundServer, name: str, model: str = MODEL) -> float:
@@ -214,8 +211,8 @@ def test_bad_request_gets_4xx_and_server_keeps_serving(
     server: BackgroundServer, client: httpclient.InferenceServerClient, case: str
 ) -> None:
     path, body, headers, status, message = BAD_REQUESTS[case]
-    got_status, got_body, got_headers = _raw(
-        server, "POST" if path.endswith("infer") else "GET", path, body, headers
+    got_status, got_body, got_headers = http_request(
+        server.port, "POST" if path.endswith("infer") else "GET", path, body, headers
     )
     assert got_status == status
     assert got_headers["Content-Type"].startswith("application/json")
@@ -227,7 +224,7 @@ def test_bad_request_gets_4xx_and_server_keeps_serving(
 def test_binary_sizes_that_do_not_add_up(server: BackgroundServer) -> None:
     body, headers = _binary_body(_images())
     for tampered, message in ((body[:-100], "follow the JSON header"), (body + b"\0" * 4, "add up to")):
-        status, raw, _ = _raw(server, "POST", f"/v2/models/{MODEL}/infer", tampered, headers)
+        status, raw, _ = http_request(server.port, "POST", f"/v2/models/{MODEL}/infer", tampered, headers)
         assert status == 400 and message in json.loads(raw)["error"]
 
 
@@ -236,7 +233,7 @@ def test_body_over_the_limit_is_413(
 ) -> None:
     big = np.zeros((400, *INPUT_SHAPE), np.float32)  # ~1.2 MB, over the 1 MB limit of this server
     body, headers = _binary_body(big)
-    status, raw, _ = _raw(server, "POST", f"/v2/models/{MODEL}/infer", body, headers)
+    status, raw, _ = http_request(server.port, "POST", f"/v2/models/{MODEL}/infer", body, headers)
     assert status == 413 and "over the 1 MB limit" in json.loads(raw)["error"]
     assert client.is_server_ready()
 
