@@ -70,7 +70,7 @@ def fail(message: str) -> int:
 
 def announce_interrupt(signum: int) -> None:
     """The one line printed when a signal ends a command (staging is already removed)."""
-    from attn_deploy.commands.progress import console
+    from attn_deploy.display import console
 
     if console.is_terminal:  # end the progress display's line, show the cursor it hid
         console.line()

@@ -31,11 +31,11 @@ from attn_deploy import create_model
 from attn_deploy.config import Int8Config, load_config
 from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.data.synthetic import labeled_scenes
+from attn_deploy.display import console
 from attn_deploy.fsutil import atomic_path, write_json, write_text
 from attn_deploy.markdown import markdown_table
 from attn_deploy.precision.calibration import CalibrationSet
 from attn_deploy.precision.int8 import quantize_int8
-from benchmarks.display import console
 from benchmarks.precision_eval import RESULTS, export_graph, graph_outputs, reference_outputs, score
 
 CACHE = Path(__file__).resolve().parent / ".cache"

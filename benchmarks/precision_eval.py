@@ -33,6 +33,7 @@ from attn_deploy.bench.timing import physical_cores, time_interleaved
 from attn_deploy.config import Fp16Config, Int8Config
 from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.data.synthetic import synthetic_images
+from attn_deploy.display import console
 from attn_deploy.fsutil import write_json, write_text
 from attn_deploy.markdown import markdown_table
 from attn_deploy.parity import compare_outputs
@@ -42,7 +43,6 @@ from attn_deploy.precision.int8 import quantize_int8
 from attn_deploy.validate.classification import top1_agreement
 from attn_deploy.validate.detection import anchor_box_agreement, box_agreement
 from attn_deploy.validate.inputs import evaluation_images
-from benchmarks.display import console
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INT8_MODELS = ("resnet50-se", "resnet50-cbam", "resnet50-eca", "resnet50-ema", "yolov8s-eca")

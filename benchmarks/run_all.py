@@ -24,10 +24,10 @@ from attn_deploy.bench import render
 from attn_deploy.bench.attention_cost import AttentionRow, attention_table, resolve_attentions
 from attn_deploy.bench.claims import SeedComparison, compare_with_seed, load_claims
 from attn_deploy.bench.run import BenchRun, bench_models
+from attn_deploy.display import bench_progress, console, print_table
 from attn_deploy.errors import AttnDeployError
 from attn_deploy.fsutil import write_json, write_text
 from attn_deploy.markdown import markdown_table
-from benchmarks.display import bench_progress, console, print_table
 
 DEFAULT_ARCHS = "yolov8s,resnet50"
 BACKENDS = ("torch", "ort", "ort-naive")

@@ -21,6 +21,7 @@ import numpy as np
 from rich.table import Table
 
 from attn_deploy.artifacts import load_artifact
+from attn_deploy.display import console
 from attn_deploy.errors import AttnDeployError, InputError
 from attn_deploy.fsutil import write_json
 from attn_deploy.serve.dtypes import numpy_dtype
@@ -28,7 +29,6 @@ from attn_deploy.serve.loadgen import run_load
 from attn_deploy.serve.metrics import fetch_metrics
 from attn_deploy.serve.process import ServerProcess
 from attn_deploy.serve.signature import DYNAMIC, read_signature
-from benchmarks.display import console
 
 
 def _batch1_feed(artifact_dir: Path, seed: int) -> dict[str, np.ndarray]:

@@ -21,10 +21,10 @@ from rich.progress import track
 
 from attn_deploy import fsutil
 from attn_deploy.backends.ort import make_session
+from attn_deploy.display import console
 from attn_deploy.markdown import markdown_table
 from attn_deploy.models import create_model, list_models, model_spec
 from attn_deploy.workflow.zoo import export_zoo_model
-from benchmarks.display import console
 
 
 def score_and_box_errors(name: str, onnx_path: Path, shape: tuple[int, ...]) -> dict[str, float]:

@@ -23,6 +23,7 @@ ORDER = [
     "fsutil",
     "machine",
     "markdown",
+    "display",  # terminal display of the front ends (rich); only commands/ and cli.py import it
     "parity",
     "config",
     "artifacts",
@@ -180,6 +181,12 @@ def test_function_local_imports_only_for_optional_dependencies() -> None:
             if local and module.split(".")[0] not in allowed:
                 stray.append(f"{rel}:{line}: import {module}")
     assert not stray, "function-local imports outside commands/ and cli.py:\n" + "\n".join(stray)
+
+
+def test_only_the_front_ends_display() -> None:
+    """The library returns data: no stage room imports the terminal display (the benchmark scripts may)."""
+    printing = [f"{where}: {src}" for src, dst, where, _ in edges() if dst == "display"]
+    assert printing and all(src in LIGHT_FRONT_ENDS for src in (p.split(": ")[1] for p in printing)), printing
 
 
 def test_the_checks_see_imports() -> None:

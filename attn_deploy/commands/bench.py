@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 from rich.markup import escape
 
-from attn_deploy.commands.progress import console, progress_display
-from attn_deploy.commands.tables import print_table
+from attn_deploy.display import bench_progress, console, print_table
 
 DEFAULT_BACKENDS = "torch,ort,ort-naive"
 MAX_RUNS = 10_000
@@ -63,26 +60,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="claims file (default: the seed article figures shipped with attn-deploy)",
     )
     p.set_defaults(func=run)
-
-
-@contextmanager
-def bench_progress(
-    title: str,
-) -> Iterator[tuple[Callable[[str], None], Callable[[int], None], Callable[[str, bool], None]]]:
-    """A progress display: a spinner while models build, then a bar over the timed calls.
-
-    Yields ``(on_stage, on_timing_start, on_call)`` for :func:`attn_deploy.bench.run.bench_models`.
-    """
-    with progress_display(title, bar=True) as (progress, task, on_stage):
-
-        def on_timing_start(total: int) -> None:
-            progress.update(task, description=f"{title}: warm-up", total=total, completed=0)
-
-        def on_call(name: str, warming_up: bool) -> None:
-            if not warming_up:
-                progress.update(task, description=f"{title}: timing {name}", advance=1)
-
-        yield on_stage, on_timing_start, on_call
 
 
 def check_options(args: argparse.Namespace, names: list[str]) -> None:

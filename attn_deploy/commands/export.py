@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from attn_deploy.commands.progress import console, stage_progress
 from attn_deploy.commands.tables import precision_tables
+from attn_deploy.display import console, stage_progress
 from attn_deploy.markdown import fmt
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ import argparse
 
 from rich.table import Table
 
-from attn_deploy.commands.progress import console
+from attn_deploy.display import console
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from rich.table import Table
 
-from attn_deploy.commands.progress import console
+from attn_deploy.display import console
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")

@@ -1,5 +1,5 @@
-"""Rich tables of what the library returns: checks against tolerances, an export's precision step,
-benchmark tables.
+"""Rich tables of what the library returns: checks against tolerances, an export's precision step (bench
+tables print through :func:`attn_deploy.display.print_table`, shared with the benchmark scripts).
 
 The library returns plain data (dataclasses, manifest dicts); the commands render it here. Imports stay light:
 the library modules load inside the functions, once a command has data to show.
@@ -12,9 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
-
-from attn_deploy.commands.progress import console
-from attn_deploy.markdown import fmt
 
 if TYPE_CHECKING:
     from attn_deploy.validate.scoring import Check
@@ -57,19 +54,3 @@ def precision_tables(manifest: dict[str, Any]) -> list[Table]:
             table.add_row("engine", f"{engine['plan']} ({engine['gpu']}, TensorRT {engine['tensorrt']})")
         tables.append(table)
     return tables
-
-
-def print_table(data: object) -> None:
-    """Print a :class:`attn_deploy.bench.render.TableData` as a rich table with its notes."""
-    # a command imports only what it runs: the bench package loads when bench does
-    from attn_deploy.bench.render import TableData
-
-    assert isinstance(data, TableData)
-    table = Table(title=data.title)
-    for i, header in enumerate(data.headers):
-        table.add_column(header, justify="left" if i == 0 else "right")
-    for row in data.rows:
-        table.add_row(*(fmt(c) for c in row))
-    console.print(table)
-    for note in data.notes:
-        console.print(f"[dim]{escape(note)}[/]", highlight=False)

@@ -6,7 +6,7 @@ import argparse
 
 from rich.table import Table
 
-from attn_deploy.commands.progress import console
+from attn_deploy.display import console
 
 MAX_DELAY_MS = 10_000.0
 MAX_BATCH = 256

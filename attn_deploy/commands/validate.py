@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from rich.progress import Progress
 from rich.table import Table
 
-from attn_deploy.commands.progress import console
 from attn_deploy.commands.tables import checks_table
+from attn_deploy.display import console
 from attn_deploy.errors import ConfigError, InputError
 
 if TYPE_CHECKING:

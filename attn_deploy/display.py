@@ -1,0 +1,91 @@
+"""Terminal display of the two front ends, the CLI (``attn_deploy.commands``) and the benchmark scripts: one
+rich console, progress displays, and the printer of bench tables.
+
+Torch-free and light (rich only). No stage room imports it: the library returns data, the front ends show it
+(``tests/test_architecture.py`` checks who imports this module).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from attn_deploy.markdown import fmt
+
+if TYPE_CHECKING:
+    from attn_deploy.bench.render import TableData
+
+console = Console()
+
+
+@contextmanager
+def progress_display(
+    title: str, *, bar: bool = False
+) -> Iterator[tuple[Progress, TaskID, Callable[[str], None]]]:
+    """A spinner with the current stage and elapsed time (plus a bar and count with ``bar=True``).
+
+    Yields ``(progress, task, on_stage)``; ``on_stage(name)`` shows ``title: name``.
+    """
+    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}")]
+    if bar:
+        columns += [BarColumn(), MofNCompleteColumn()]
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task(title, total=None)
+
+        def on_stage(name: str) -> None:
+            progress.update(task, description=f"{title}: {name}")
+
+        yield progress, task, on_stage
+
+
+@contextmanager
+def stage_progress(title: str) -> Iterator[Callable[[str], None]]:
+    """A spinner with the current stage; yields ``on_stage(name)`` to advance it."""
+    with progress_display(title) as (_, _, on_stage):
+        yield on_stage
+
+
+@contextmanager
+def bench_progress(
+    title: str,
+) -> Iterator[tuple[Callable[[str], None], Callable[[int], None], Callable[[str, bool], None]]]:
+    """A progress display: a spinner while models build, then a bar over the timed calls.
+
+    Yields ``(on_stage, on_timing_start, on_call)`` for :func:`attn_deploy.bench.run.bench_models`.
+    """
+    with progress_display(title, bar=True) as (progress, task, on_stage):
+
+        def on_timing_start(total: int) -> None:
+            progress.update(task, description=f"{title}: warm-up", total=total, completed=0)
+
+        def on_call(name: str, warming_up: bool) -> None:
+            if not warming_up:
+                progress.update(task, description=f"{title}: timing {name}", advance=1)
+
+        yield on_stage, on_timing_start, on_call
+
+
+def print_table(data: TableData) -> None:
+    """Print a :class:`attn_deploy.bench.render.TableData` as a rich table with its notes."""
+    table = Table(title=data.title)
+    for i, header in enumerate(data.headers):
+        table.add_column(header, justify="left" if i == 0 else "right")
+    for row in data.rows:
+        table.add_row(*(fmt(c) for c in row))
+    console.print(table)
+    for note in data.notes:
+        console.print(f"[dim]{escape(note)}[/]", highlight=False)
