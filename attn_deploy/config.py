@@ -31,6 +31,10 @@ Runtime = Literal["onnxruntime", "tensorrt"]
 CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
 ActivationType = Literal["int8", "uint8"]
 
+MAX_BATCH = 256
+"""Largest batch of an export or benchmark sample and of a Triton ``max_batch_size`` (a dynamic-batch export
+takes any batch at run time)."""
+
 PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent / "export_configs"  # shipped in the wheel
 
 

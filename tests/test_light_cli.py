@@ -138,10 +138,3 @@ def test_triton_repo_without_torch(artifact: Path, tmp_path: Path) -> None:
     assert result["code"] == 0
     assert result["heavy"] == []
     assert (tmp_path / "repo" / "tiny-gate" / "config.pbtxt").is_file()
-
-
-def test_triton_repo_batch_bound_matches_the_zoo() -> None:
-    from attn_deploy.commands.triton_repo import MAX_BATCH
-    from attn_deploy.models import registry
-
-    assert registry.MAX_BATCH == MAX_BATCH

@@ -6,12 +6,10 @@ import argparse
 
 from rich.table import Table
 
+from attn_deploy.config import MAX_BATCH
 from attn_deploy.display import console
 
 MAX_DELAY_MS = 10_000.0
-MAX_BATCH = 256
-"""Largest ``--max-batch``: ``attn_deploy.models.registry.MAX_BATCH``, not imported from there because the zoo
-imports torch, which triton-repo never needs (a test keeps the two equal)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
