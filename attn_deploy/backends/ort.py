@@ -42,9 +42,27 @@ def make_session(
             "install onnxruntime-gpu (pip install 'attn-deploy[gpu]') on a GPU machine"
         )
     try:
-        return ort.InferenceSession(source, sess_options=options, providers=list(providers))
+        session = ort.InferenceSession(source, sess_options=options, providers=list(providers))
     except Exception as exc:  # ORT raises its own exception types for corrupt/unsupported graphs
         raise InputError(f"ONNX Runtime cannot load the model: {exception_summary(exc)}") from None
+    check_providers(providers, session.get_providers())
+    return session
+
+
+def check_providers(requested: Sequence[str], active: Sequence[str]) -> None:
+    """An ``InputError`` unless the session runs on the first provider asked for.
+
+    ONNX Runtime falls back from the TensorRT provider to CUDA and from CUDA to CPU when one fails to
+    initialise (a missing libcudnn / libnvinfer, no GPU), logging an error but not raising; only
+    ``InferenceSession.get_providers()`` tells what the session actually uses
+    (onnxruntime/python/onnxruntime_inference_collection.py). Later providers in ``requested`` are
+    fallbacks for the ops the first cannot run, as ONNX Runtime assigns them.
+    """
+    if requested and (not active or active[0] != requested[0]):
+        raise InputError(
+            f"ONNX Runtime did not start {requested[0]} (the session runs on {list(active)}): it fell back, see "
+            "the ONNX Runtime log; check the CUDA / cuDNN / TensorRT libraries onnxruntime-gpu needs"
+        )
 
 
 class OrtRunner(RunnerBase):
@@ -63,11 +81,13 @@ class OrtRunner(RunnerBase):
         self.config = dict(config or {})
         self.session: ort.InferenceSession | None = None
         self.name = "ort-" + self.providers[0].replace("ExecutionProvider", "").lower()
+        self.active_providers: list[str] = []  # what the session runs on, once activated
 
     def activate(self) -> None:
         """Create the session (once)."""
         if self.session is None:
             self.session = make_session(self.model, self.providers, self.threads, self.config)
+            self.active_providers = list(self.session.get_providers())
 
     def deactivate(self) -> None:
         """Drop the session."""

@@ -38,7 +38,8 @@ from attn_deploy.bench.timing import TimedCall
 from attn_deploy.config import load_config
 from attn_deploy.errors import AttnDeployError, ConfigError, ExportError
 from attn_deploy.export.pipeline import export_onnx
-from attn_deploy.precision.apply import PLAN_NAME, ModelIO, compile_engine, convert_onnx
+from attn_deploy.precision.apply import ModelIO, convert_onnx
+from attn_deploy.precision.engine import PLAN_NAME, compile_engine
 
 BACKENDS = ("torch", "ort", "ort-naive", "trt", "torch-cuda", "ort-cuda")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -261,7 +262,8 @@ def _tensorrt_target(mut: ModelUnderTest, info: ExportInfo, precision: str, cach
             "TensorRT targets are fp16 or int8 (strongly typed FP16/INT8 graphs); use --precision"
         )
     path = cache.with_precision(mut, info, precision, "trt")
-    engine = compile_engine(path, load_config(f"trt-{precision}"), mut.io())
+    io = mut.io()
+    engine = compile_engine(path, load_config(f"trt-{precision}"), {io.input_name: list(io.export_shape)})
     if not engine.get("built"):
         raise ExportError(f"TensorRT engine not built: {engine.get('reason')}")
     runner = TensorRTRunner(path.parent / PLAN_NAME)

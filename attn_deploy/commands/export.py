@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
+from attn_deploy.commands.shape_flags import add_profile_arguments, with_cli_profiles
 from attn_deploy.commands.tables import precision_tables
 from attn_deploy.display import console, stage_progress
 from attn_deploy.markdown import fmt
@@ -43,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--calib-method", choices=("minmax", "entropy", "percentile"), default=None, help="INT8 calibration"
     )
+    add_profile_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -62,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         calib_method=args.calib_method,
         calib_dir=args.calib_dir,
     )
+    config = with_cli_profiles(config, args)  # --min/--opt/--max-shape: TensorRT targets only
     if args.calib_dir:  # a missing folder or bad image fails now, not after export
         check_image_dir(args.calib_dir, config.int8.num_images)
     with stage_progress(f"export {args.model}") as on_stage:

@@ -46,11 +46,27 @@ def precision_tables(manifest: dict[str, Any]) -> list[Table]:
         tables.append(checks_table(title, checks, parity.get("reference")))
     engine = manifest.get("engine")
     if engine:
-        table = Table(title="TensorRT engine", show_header=False)
-        table.add_row("built", "yes" if engine["built"] else f"no: {escape(engine['reason'])}")
-        for name, (lo, opt, hi) in engine["profiles"].items():
-            table.add_row(f"profile {name}", f"min {lo}  opt {opt}  max {hi}")
-        if engine["built"]:
-            table.add_row("engine", f"{engine['plan']} ({engine['gpu']}, TensorRT {engine['tensorrt']})")
-        tables.append(table)
+        tables.append(engine_table(engine))
     return tables
+
+
+def engine_table(engine: dict[str, Any]) -> Table:
+    """The TensorRT step of a manifest's ``engine`` block: built or plainly not, profiles, and the commands
+    that build it on a GPU machine."""
+    if engine.get("built"):
+        title = "[green]TensorRT engine: built[/]"
+    else:
+        title = (
+            "[yellow]TensorRT engine: NOT built[/] (the verified ONNX graph is the artifact; no model.plan)"
+        )
+    table = Table(title=title, show_header=False)
+    if engine.get("built"):
+        table.add_row("engine", f"{engine['plan']} ({engine['gpu']}, TensorRT {engine['tensorrt']})")
+    else:
+        table.add_row("reason", escape(str(engine.get("reason", "not attempted"))))
+    for name, (lo, opt, hi) in engine.get("profiles", {}).items():
+        table.add_row(f"profile {name}", f"min {lo}  opt {opt}  max {hi}")
+    if not engine.get("built"):
+        for tool, line in (engine.get("commands") or {}).items():
+            table.add_row(f"build with {tool}", escape(line))
+    return table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich.table import Table
 
@@ -27,8 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-batch",
         type=int,
-        default=8,
-        help="max_batch_size for dynamic-batch models; 0 turns batching off (default: %(default)s)",
+        default=None,
+        help="max_batch_size for dynamic-batch models; 0 turns batching off (default: 8, clamped to a TensorRT "
+        "engine's profile; an explicit value above the profile is refused)",
     )
     p.add_argument(
         "--max-delay-ms",
@@ -42,6 +44,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="ONNX models: run through ONNX Runtime's TensorRT accelerator at this precision",
     )
+    p.add_argument(
+        "--kserve",
+        action="store_true",
+        help="also write <out>-inferenceservice.yaml: a KServe InferenceService (Triton runtime) serving the "
+        "repository from --storage-uri",
+    )
+    p.add_argument(
+        "--storage-uri",
+        default=None,
+        help="with --kserve: where the repository folder will be uploaded (gs://, s3://, pvc://...; "
+        "default pvc://attn-deploy-models/<out name>)",
+    )
+    p.add_argument(
+        "--kserve-name", default=None, help="with --kserve: the InferenceService name (default: <out name>)"
+    )
     p.set_defaults(func=run)
 
 
@@ -50,13 +67,21 @@ def run(args: argparse.Namespace) -> int:
     # a command imports only what it runs: ONNX and the artifact reader load when triton-repo does
     from attn_deploy.errors import ConfigError
     from attn_deploy.fsutil import check_writable_dir
+    from attn_deploy.serve.kserve import inference_service, service_name, write_inference_service
     from attn_deploy.serve.triton_repo import write_triton_repository
 
-    if not 0 <= args.max_batch <= MAX_BATCH:
+    if args.max_batch is not None and not 0 <= args.max_batch <= MAX_BATCH:
         raise ConfigError(f"--max-batch must be 0..{MAX_BATCH} (0 turns batching off), got {args.max_batch}")
     if not 0 <= args.max_delay_ms <= MAX_DELAY_MS:  # also refuses nan
         raise ConfigError(f"--max-delay-ms must be 0..{MAX_DELAY_MS:g}, got {args.max_delay_ms}")
     check_writable_dir(args.out)
+    if (args.storage_uri or args.kserve_name) and not args.kserve:
+        raise ConfigError("--storage-uri and --kserve-name go with --kserve")
+    out_name = Path(args.out).resolve().name
+    service = args.kserve_name if args.kserve_name is not None else service_name(out_name)
+    storage_uri = args.storage_uri or f"pvc://attn-deploy-models/{service}"
+    if args.kserve:  # a bad name or URI fails before anything is written
+        inference_service(service, storage_uri, gpu=False)
 
     written = write_triton_repository(
         args.artifacts,
@@ -83,4 +108,14 @@ def run(args: argparse.Namespace) -> int:
             str(model.model_file),
         )
     console.print(table)
+    for model in written:
+        for note in model.notes:
+            console.print(f"[yellow]{model.name}: {note}")
+    if args.kserve:
+        path = Path(args.out).resolve().parent / f"{out_name}-inferenceservice.yaml"
+        write_inference_service(path, service, storage_uri, [m.config for m in written])
+        console.print(
+            f"KServe InferenceService '{service}' (runtime kserve-tritonserver): {path}\n"
+            f"upload {args.out} to {storage_uri}, then: kubectl apply -f {path}"
+        )
     return 0

@@ -13,6 +13,7 @@ from torch import nn
 
 from attn_deploy import fsutil
 from attn_deploy.artifacts import MANIFEST_NAME, ONNX_NAME, REPORT_NAME, Artifact, staged_directory
+from attn_deploy.backends.trt_commands import engine_markdown
 from attn_deploy.errors import ExportError
 from attn_deploy.export.manifest import build_manifest, parity_dict
 from attn_deploy.export.pipeline import ExportResult, StageCallback, export_onnx
@@ -71,6 +72,7 @@ def render_report(manifest: dict[str, Any]) -> str:
         "\n".join(f"- {issue}" for issue in manifest["tensorrt_lint"]) + "\n"
         if manifest["tensorrt_lint"]
         else "Every op is one TensorRT's ONNX parser takes.\n",
+        *([engine_markdown(manifest["engine"])] if manifest.get("engine") else []),
         "## Versions\n",
         markdown_table(["library", "version"], sorted(manifest["versions"].items())),
     ]

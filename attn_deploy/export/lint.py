@@ -1,8 +1,10 @@
 """CPU-only checks that an ONNX graph is something TensorRT's ONNX parser takes, before anyone reaches a GPU.
 
-The op set follows onnx-tensorrt's ``docs/operators.md`` for TensorRT 10 ("supports operators in the
-inclusive range of opset 9 to opset 20"), and DESIGN.md's verified facts: GroupNormalization-21 is rejected by
-TensorRT 10.7, TopK needs a constant K <= 3840.
+The op set and restrictions follow onnx-tensorrt's current ``docs/operators.md`` (read 2026-12-01: "TensorRT
+10.15 supports operators in the inclusive range of opset 9 to opset 24"; every row marked ``Y``): TopK needs
+``sorted=1`` and a constant ``K`` *less than* 3840; Q/DQ zero points must be 0. DESIGN.md's verified fact is
+kept too: GroupNormalization-21 is rejected by TensorRT 10.7. The bodies of If / Loop / Scan are linted like
+the main graph (their nodes reach the same parser).
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from dataclasses import dataclass
 import onnx
 from onnx import numpy_helper
 
-MAX_TRT_OPSET = 20
-MAX_TOPK_K = 3840
+MIN_TRT_OPSET = 9
+MAX_TRT_OPSET = 24
+TOPK_K_LIMIT = 3840  # K must be below this: 3840 itself is refused ("K input must be less than 3840")
 
-# ONNX ops (default domain) that TensorRT 10's ONNX parser supports (onnx-tensorrt docs/operators.md).
+# ONNX ops (default domain) that TensorRT's ONNX parser supports: the rows marked Y in onnx-tensorrt's
+# docs/operators.md (TensorRT 10.15). Ops marked N there (Sequence*, Optional*, *Integer, QLinear*, Unique,
+# Col2Im, DFT, ...) fall outside this set and are reported.
 TENSORRT_OPS = frozenset(
     [
         "Abs",
@@ -29,8 +34,10 @@ TENSORRT_OPS = frozenset(
         "Asinh",
         "Atan",
         "Atanh",
+        "Attention",
         "AveragePool",
         "BatchNormalization",
+        "BlackmanWindow",
         "Cast",
         "CastLike",
         "Ceil",
@@ -70,13 +77,15 @@ TENSORRT_OPS = frozenset(
         "GreaterOrEqual",
         "GridSample",
         "GroupNormalization",
+        "GRU",
         "HammingWindow",
         "HannWindow",
+        "Hardmax",
         "HardSigmoid",
         "HardSwish",
-        "Hardmax",
         "Identity",
         "If",
+        "ImageScaler",
         "InstanceNormalization",
         "IsInf",
         "IsNaN",
@@ -90,6 +99,7 @@ TENSORRT_OPS = frozenset(
         "LpNormalization",
         "LpPool",
         "LRN",
+        "LSTM",
         "MatMul",
         "Max",
         "MaxPool",
@@ -106,8 +116,9 @@ TENSORRT_OPS = frozenset(
         "OneHot",
         "Or",
         "Pad",
-        "PRelu",
+        "ParametricSoftplus",
         "Pow",
+        "PRelu",
         "QuantizeLinear",
         "RandomNormal",
         "RandomNormalLike",
@@ -129,8 +140,14 @@ TENSORRT_OPS = frozenset(
         "Reshape",
         "Resize",
         "ReverseSequence",
+        "RMSNormalization",
+        "RNN",
         "RoiAlign",
+        "RotaryEmbedding",
         "Round",
+        "ScaledTanh",
+        "Scan",
+        "Scatter",
         "ScatterElements",
         "ScatterND",
         "Selu",
@@ -149,10 +166,12 @@ TENSORRT_OPS = frozenset(
         "Split",
         "Sqrt",
         "Squeeze",
+        "STFT",
         "Sub",
         "Sum",
         "Tan",
         "Tanh",
+        "TensorScatter",
         "ThresholdedRelu",
         "Tile",
         "TopK",
@@ -194,36 +213,60 @@ def opset_of(model: onnx.ModelProto) -> int:
 
 
 def lint_tensorrt(model: onnx.ModelProto) -> list[LintIssue]:
-    """Everything in ``model`` that TensorRT's ONNX parser would reject (empty list: clean)."""
+    """Everything in ``model`` that TensorRT's ONNX parser would reject (empty list: clean), subgraphs included."""
     issues: list[LintIssue] = []
     opset = opset_of(model)
-    if opset > MAX_TRT_OPSET:
+    if not MIN_TRT_OPSET <= opset <= MAX_TRT_OPSET:
         issues.append(
-            LintIssue("<graph>", "opset", f"opset {opset} > {MAX_TRT_OPSET}; export with --opset 18")
+            LintIssue(
+                "<graph>",
+                "opset",
+                f"opset {opset} is outside TensorRT's {MIN_TRT_OPSET}..{MAX_TRT_OPSET}; export with --opset 18",
+            )
         )
-    constants = _constants(model.graph)
-    for node in model.graph.node:
-        name = node.name or (node.output[0] if node.output else "?")
-        if node.domain not in ("", "ai.onnx"):
-            issues.append(
-                LintIssue(name, node.op_type, f"custom domain '{node.domain}' needs a TensorRT plugin")
-            )
-        elif node.op_type not in TENSORRT_OPS:
-            issues.append(LintIssue(name, node.op_type, "not supported by TensorRT's ONNX parser"))
-        if node.op_type == "GroupNormalization" and opset >= 21:
-            issues.append(
-                LintIssue(
-                    name,
-                    node.op_type,
-                    "GroupNormalization-21 is rejected by TensorRT 10.7; export at opset <= 20",
-                )
-            )
-        if node.op_type == "TopK":
-            k = constants.get(node.input[1]) if len(node.input) > 1 else None
-            if k is None:
-                issues.append(
-                    LintIssue(name, node.op_type, "K is computed at run time; TensorRT needs a constant K")
-                )
-            elif int(numpy_helper.to_array(k).reshape(-1)[0]) > MAX_TOPK_K:
-                issues.append(LintIssue(name, node.op_type, f"K > {MAX_TOPK_K} is not supported by TensorRT"))
+    _lint_graph(model.graph, opset, {}, issues)
     return issues
+
+
+def _lint_graph(
+    graph: onnx.GraphProto, opset: int, outer: dict[str, onnx.TensorProto], issues: list[LintIssue]
+) -> None:
+    constants = {**outer, **_constants(graph)}  # a body sees the constants of the graphs around it
+    for node in graph.node:
+        name = node.name or (node.output[0] if node.output else "?")
+        issues.extend(
+            LintIssue(name, node.op_type, message) for message in _node_problems(node, opset, constants)
+        )
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                _lint_graph(sub, opset, constants, issues)
+
+
+def _node_problems(node: onnx.NodeProto, opset: int, constants: dict[str, onnx.TensorProto]) -> list[str]:
+    if node.domain not in ("", "ai.onnx"):
+        return [f"custom domain '{node.domain}' needs a TensorRT plugin"]
+    if node.op_type not in TENSORRT_OPS:
+        return ["not supported by TensorRT's ONNX parser (onnx-tensorrt docs/operators.md)"]
+    if node.op_type == "GroupNormalization" and opset >= 21:
+        return ["GroupNormalization-21 is rejected by TensorRT 10.7; export at opset <= 20"]
+    if node.op_type == "TopK":
+        return _topk_problems(node, constants)
+    if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2]:
+        zero_point = constants.get(node.input[2])
+        if zero_point is None or numpy_helper.to_array(zero_point).any():
+            return [
+                "the zero point must be a constant 0 (symmetric INT8) for TensorRT; use a trt-int8 config"
+            ]
+    return []
+
+
+def _topk_problems(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> list[str]:
+    problems = []
+    if any(a.name == "sorted" and a.i == 0 for a in node.attribute):
+        problems.append("sorted=0 is not supported by TensorRT; use sorted=1")
+    k = constants.get(node.input[1]) if len(node.input) > 1 else None
+    if k is None:
+        problems.append("K is computed at run time; TensorRT needs a constant K")
+    elif int(numpy_helper.to_array(k).reshape(-1)[0]) >= TOPK_K_LIMIT:
+        problems.append(f"K must be less than {TOPK_K_LIMIT} for TensorRT")
+    return problems

@@ -21,13 +21,13 @@ from torch import nn
 
 from attn_deploy import fsutil
 from attn_deploy.backends.ort import OrtRunner
-from attn_deploy.backends.tensorrt import build_engine, resolve_profiles
 from attn_deploy.backends.torch_runner import TorchRunner
 from attn_deploy.config import ExportConfig
 from attn_deploy.data.preprocess import PreprocessSpec
-from attn_deploy.errors import AttnDeployError, ExportError
-from attn_deploy.export.stats import graph_signature, op_histogram
+from attn_deploy.errors import ExportError
+from attn_deploy.export.stats import op_histogram
 from attn_deploy.precision.calibration import calibration_set
+from attn_deploy.precision.engine import compile_engine
 from attn_deploy.precision.fp16 import convert_fp16
 from attn_deploy.precision.graph import load_onnx
 from attn_deploy.precision.int8 import quantize_int8
@@ -35,7 +35,6 @@ from attn_deploy.validate.compare import compare_runners
 from attn_deploy.validate.inputs import evaluation_images
 from attn_deploy.validate.scoring import per_output_rows, score
 
-PLAN_NAME = "model.plan"
 StageCallback = Callable[[str], None]
 
 
@@ -114,30 +113,6 @@ def _hint(config: ExportConfig) -> str:
     return "keep more ops in FP32 (fp16.keep_fp32_ops) or relax the config's tolerances"
 
 
-def compile_engine(onnx_path: Path, config: ExportConfig, io: ModelIO) -> dict[str, Any]:
-    """For TensorRT targets: build ``model.plan`` next to the ONNX, or record why it was not built."""
-    inputs, _ = graph_signature(onnx.load(str(onnx_path), load_external_data=False))
-    profiles = resolve_profiles(config, inputs, {io.input_name: list(io.export_shape)})
-    info: dict[str, Any] = {
-        "profiles": {n: [list(p.min), list(p.opt), list(p.max)] for n, p in profiles.items()}
-    }
-    try:
-        build = build_engine(onnx_path, config, profiles)
-    except AttnDeployError as exc:
-        return {**info, "built": False, "reason": str(exc)}
-    fsutil.write_bytes(onnx_path.parent / PLAN_NAME, build.plan)
-    return {
-        **info,
-        "built": True,
-        "plan": PLAN_NAME,
-        "cache_key": build.key,
-        "cache_hit": build.cache_hit,
-        "tensorrt": build.tensorrt_version,
-        "gpu": build.gpu,
-        "build_seconds": round(build.seconds, 2),
-    }
-
-
 def precision_stage(
     config: ExportConfig,
     io: ModelIO,
@@ -164,7 +139,7 @@ def precision_stage(
         if config.runtime == "tensorrt":
             if on_stage:
                 on_stage("TensorRT engine")
-            entries["engine"] = compile_engine(onnx_path, config, io)
+            entries["engine"] = compile_engine(onnx_path, config, {io.input_name: list(io.export_shape)})
         return entries
 
     return stage
