@@ -42,6 +42,8 @@ def parse_shapes(text: str, flag: str) -> dict[str, list[int]]:
         if name in shapes:
             raise ConfigError(f"{flag} {text!r}: input {name!r} is given twice")
         shapes[name] = dims
+    if "*" in shapes and len(shapes) > 1:
+        raise ConfigError(f"{flag} {text!r}: a shape without NAME: is every input; give it alone")
     return shapes
 
 
