@@ -116,6 +116,7 @@ class Int8Config:
     exclude_op_types: tuple[str, ...] = ()  # further op types never quantized
     op_types: tuple[str, ...] = ()  # op types that get Q/DQ (empty: every type ONNX Runtime can quantize)
     fallback_cosine: float | None = None  # keep leading layers in float until INT8 vs FP32 cosine >= this
+    float_regions: Literal["fp32", "fp16"] = "fp32"  # fp16: what stays float runs FP16 (fp16 policy applies)
     cache_dir: str | None = None  # calibration cache; default $XDG_CACHE_HOME/attn-deploy/calibration
 
     def __post_init__(self) -> None:

@@ -31,6 +31,7 @@ from attn_deploy.precision.engine import compile_engine
 from attn_deploy.precision.fp16 import convert_fp16
 from attn_deploy.precision.graph import load_onnx
 from attn_deploy.precision.int8 import quantize_int8
+from attn_deploy.precision.policy import quantized_nodes
 from attn_deploy.validate.compare import compare_runners
 from attn_deploy.validate.inputs import evaluation_images
 from attn_deploy.validate.scoring import per_output_rows, score
@@ -72,6 +73,9 @@ def convert_onnx(
             model, calib, config.int8, quantize_bias=config.runtime != "tensorrt"
         )
         info = {"int8": int8_report.to_dict()}
+        if config.int8.float_regions == "fp16":  # the float regions of the Q/DQ graph in FP16
+            converted, fp16_report = convert_fp16(converted, config.fp16, keep_also=quantized_nodes)
+            info["fp16"] = fp16_report.to_dict()
     fsutil.write_with(onnx_path, lambda tmp: onnx.save(converted, str(tmp)))
     return {**info, "ops": op_histogram(converted)}
 

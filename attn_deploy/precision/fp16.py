@@ -61,9 +61,15 @@ def plain_fp16_config(keep_io_fp32: bool = True) -> Fp16Config:
 
 
 def convert_fp16(
-    model: onnx.ModelProto, config: Fp16Config | None = None
+    model: onnx.ModelProto,
+    config: Fp16Config | None = None,
+    keep_also: Callable[[GraphView], dict[str, str]] | None = None,
 ) -> tuple[onnx.ModelProto, Fp16Report]:
-    """Return an FP16 copy of ``model`` under the policy ``config`` (default: :class:`Fp16Config`)."""
+    """Return an FP16 copy of ``model`` under the policy ``config`` (default: :class:`Fp16Config`).
+
+    ``keep_also`` names further nodes to keep FP32 (name -> reason), e.g.
+    :func:`attn_deploy.precision.policy.quantized_nodes` to convert only the float regions of a Q/DQ graph.
+    """
     config = config or Fp16Config()
     work = onnx.ModelProto()
     work.CopyFrom(model)
@@ -72,7 +78,7 @@ def convert_fp16(
     graph = view.graph
     _refuse_control_flow(graph)
 
-    keep = fp32_nodes(view, config)
+    keep = {**fp32_nodes(view, config), **(keep_also(view) if keep_also else {})}
     report = Fp16Report()
     precision: dict[str, int | None] = {}
     for node in graph.node:

@@ -169,3 +169,38 @@ def attention_gate_nodes(view: GraphView, gate_op_types: tuple[str, ...]) -> lis
             names.append(gate.name)
             names.extend(muls)
     return sorted(set(names))
+
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def quantized_nodes(view: GraphView) -> dict[str, str]:
+    """Node name -> reason, for the INT8 part of a Q/DQ graph that an FP16 conversion of its float regions
+    leaves as the quantizer wrote it: the Q/DQ nodes, the layers whose weights come through a
+    DequantizeLinear, and ops that sit wholly between Q/DQ pairs (every float input dequantized, every output
+    quantized again): TensorRT fuses each with its Q/DQ into an INT8 kernel. Everything else (attention gates
+    kept float, layers left unquantized) is a float region, which FP16 suits: NVIDIA's INT8 recipe runs it in
+    FP16, where a strongly typed network would otherwise run it in FP32."""
+    keep: dict[str, str] = {}
+    dequantized = {n.output[0] for n in view.graph.node if n.op_type == "DequantizeLinear"}
+    weights = {
+        n.output[0]
+        for n in view.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in view.initializers
+    }
+    for node in view.graph.node:
+        floats = [
+            t for t in node.input if t and (t in dequantized or view.elem_type(t) == onnx.TensorProto.FLOAT)
+        ]
+        requantized = all(
+            view.consumers.get(o) and all(c.op_type == "QuantizeLinear" for c in view.consumers[o])
+            for o in node.output
+            if o
+        )
+        if node.op_type in QDQ_OPS:
+            keep[node.name] = "Q/DQ node (INT8 boundary)"
+        elif any(t in weights for t in node.input):
+            keep[node.name] = "INT8 layer (weights through DequantizeLinear)"
+        elif floats and all(t in dequantized for t in floats) and requantized:
+            keep[node.name] = "INT8 op (between Q/DQ pairs)"
+    return keep
