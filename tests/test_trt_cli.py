@@ -181,6 +181,13 @@ def test_triton_repo_with_a_built_plan_and_kserve(trt_artifact, tmp_path, capsys
     assert model["modelFormat"] == {"name": "triton"} and model["runtime"] == "kserve-tritonserver"
     assert model["storageUri"] == "s3://bucket/repo" and model["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
+    if importlib.util.find_spec("tensorrt") is None:  # a failed rebuild keeps the engine built earlier
+        before = (artifact / "manifest.json").read_bytes()
+        assert main(["build-engine", str(artifact)]) == 2
+        assert "the engine built earlier (model.plan) and its manifest are kept" in capsys.readouterr().err
+        assert (artifact / "manifest.json").read_bytes() == before
+        assert (artifact / "model.plan").read_bytes() == b"engine bytes"
+
 
 def test_kserve_names_and_uris_are_checked():
     assert service_name("My_Repo.v2") == "my-repo-v2" and service_name("123") == "attn-deploy"

@@ -60,12 +60,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     engine = compile_engine(artifact.onnx_path, config, export_shapes)
-    if not engine["built"]:  # an older plan no longer matches what the manifest records
-        (artifact.dir / PLAN_NAME).unlink(missing_ok=True)
-    manifest = {**artifact.manifest, "engine": engine, "config": config.to_dict()}
-    fsutil.write_json(artifact.dir / MANIFEST_NAME, manifest)
-    fsutil.write_text(artifact.dir / REPORT_NAME, render_report(manifest))
+    previous = artifact.manifest.get("engine") or {}
+    keep_previous = not engine["built"] and previous.get("built") and (artifact.dir / PLAN_NAME).is_file()
+    if not keep_previous:  # a failed build never replaces an engine built earlier (nothing is lost)
+        manifest = {**artifact.manifest, "engine": engine, "config": config.to_dict()}
+        fsutil.write_json(artifact.dir / MANIFEST_NAME, manifest)
+        fsutil.write_text(artifact.dir / REPORT_NAME, render_report(manifest))
     console.print(engine_table(engine))
+    if keep_previous:
+        raise InputError(
+            f"no engine built: {engine['reason']}; the engine built earlier ({PLAN_NAME}) and its manifest are "
+            "kept as they were"
+        )
     if not engine["built"]:
         raise InputError(
             f"no engine built: {engine['reason']}; the commands above build it with NVIDIA's tools"
