@@ -9,9 +9,10 @@ a fully static model).
 
 Flags relied on: trtexec ``--onnx --saveEngine --stronglyTyped --minShapes/--optShapes/--maxShapes
 (name:1x3x640x640) --memPoolSize=workspace:<n>M --builderOptimizationLevel --timingCacheFile`` (TensorRT
-samples/trtexec/README.md); Polygraphy ``convert --convert-to trt -o --strongly-typed --trt-min-shapes
-name:[1,3,640,640] --pool-limit workspace:<n>M --builder-optimization-level --load-timing-cache
---save-timing-cache`` (tools/Polygraphy/polygraphy/tools/args/backend/trt/config.py).
+samples/common/sampleOptions.cpp help text); Polygraphy ``convert --convert-to trt -o --trt-min-shapes
+name:[1,3,640,640] --pool-limit workspace:<n>M --builder-optimization-level --load-timing-cache``
+(tools/Polygraphy/polygraphy/tools/args/backend/trt/config.py) and ``--strongly-typed --save-timing-cache``
+(.../backend/trt/loader.py).
 """
 
 from __future__ import annotations
