@@ -77,10 +77,14 @@ def run(args: argparse.Namespace) -> int:
     check_writable_dir(args.out)
     if (args.storage_uri or args.kserve_name) and not args.kserve:
         raise ConfigError("--storage-uri and --kserve-name go with --kserve")
-    out_name = Path(args.out).resolve().name
-    service = args.kserve_name if args.kserve_name is not None else service_name(out_name)
+    out = Path(args.out).resolve()
+    service = args.kserve_name if args.kserve_name is not None else service_name(out.name)
     storage_uri = args.storage_uri or f"pvc://attn-deploy-models/{service}"
-    if args.kserve:  # a bad name or URI fails before anything is written
+    if args.kserve:  # a bad name, URI or place fails before anything is written
+        if out == Path.cwd().resolve() or out in Path.cwd().resolve().parents:
+            raise ConfigError(
+                "--kserve writes <out>-inferenceservice.yaml next to --out: give --out a folder name"
+            )
         inference_service(service, storage_uri, gpu=False)
 
     written = write_triton_repository(
@@ -112,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         for note in model.notes:
             console.print(f"[yellow]{model.name}: {note}")
     if args.kserve:
-        path = Path(args.out).resolve().parent / f"{out_name}-inferenceservice.yaml"
+        path = out.parent / f"{out.name}-inferenceservice.yaml"
         write_inference_service(path, service, storage_uri, [m.config for m in written])
         console.print(
             f"KServe InferenceService '{service}' (runtime kserve-tritonserver): {path}\n"
