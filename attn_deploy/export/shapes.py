@@ -48,6 +48,41 @@ def rename_dims(model: onnx.ModelProto, axes_per_input: list[dict[int, str]]) ->
                 dim.dim_param = pattern.sub(lambda m: mapping[m.group(1)], dim.dim_param)
 
 
+NAMED_DIM = re.compile(r"^[A-Za-z_]\w*$")
+SUMMED_POSITIONS = "anchors"
+"""The name of an output dim that sums positions over several feature maps (``h/8*w/8 + h/16*w/16 + ...``):
+YOLO's (and any multi-scale dense head's) anchor points."""
+
+
+def name_output_dims(model: onnx.ModelProto) -> dict[str, str]:
+    """Give the graph outputs' formula dims (a YOLO head's 200-character sum over strides) short names, in place.
+
+    A dim whose symbol is an expression rather than a name becomes ``anchors`` when it sums terms (positions
+    over several feature maps), else ``<output>_dim<axis>``; a second distinct formula gets a suffix. The
+    formula stays in the output's ``doc_string``. Names only: ONNX Runtime does not compute with them, and the
+    export is verified at unseen shapes afterwards. Returns name -> formula.
+    """
+    named: dict[str, str] = {}
+    for value in model.graph.output:
+        renamed = []
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            formula = dim.dim_param
+            if not formula or NAMED_DIM.match(formula):
+                continue
+            name = next((n for n, f in named.items() if f == formula), None)
+            if name is None:
+                base = SUMMED_POSITIONS if "+" in formula else f"{value.name}_dim{axis}"
+                name, k = base, 2
+                while name in named:
+                    name, k = f"{base}_{k}", k + 1
+                named[name] = formula
+            dim.dim_param = name
+            renamed.append(f"{name} = {formula}")
+        if renamed:
+            value.doc_string = "; ".join([value.doc_string, *renamed] if value.doc_string else renamed)
+    return named
+
+
 def _stride(h: int, w: int) -> int:
     """The largest power of two (<= 32) dividing both H and W: alternative sizes keep this divisibility."""
     stride = 1
