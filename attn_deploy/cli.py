@@ -26,7 +26,7 @@ from attn_deploy.display import STDOUT, console, err_console
 from attn_deploy.errors import AttnDeployError
 from attn_deploy.fsutil import exit_on_signals
 
-COMMAND_MODULES = ("list_models", "export", "validate", "bench", "serve", "triton_repo")
+COMMAND_MODULES = ("list_models", "export", "validate", "bench", "serve", "triton_repo", "show_config")
 
 EPILOG = """exit codes:
   0    done (validate: every gate passed)

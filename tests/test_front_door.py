@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import onnx
+import pytest
 import torch
 from torch import nn
 
-from attn_deploy.cli import build_parser
+from attn_deploy.cli import build_parser, main
 from attn_deploy.commands.list_models import ZOO_TABLE
 from attn_deploy.export.pipeline import export_onnx
 from attn_deploy.markdown import markdown_table
@@ -163,3 +165,66 @@ def test_json_and_quiet_on_every_reporting_command():
         assert parser.parse_args([*argv, "--json"]).json == "-"  # alone: stdout
         assert parser.parse_args([*argv, "--json", "out.json", "-q"]).json == "out.json"
     assert parser.parse_args(["serve", "a", "--quiet"]).quiet
+
+
+def test_config_prints_the_resolved_target(capsys):
+    assert main(["config", "ort-int8", "--dynamic", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["name"] == "ort-int8-dynamic" and data["dynamic"]["hw"] and data["precision"] == "int8"
+    assert data["tolerances"]["anchor_box_agreement"] == 0.3 and data["tolerances"]["box_agreement"] is None
+
+
+# --- serving any ONNX, two targets of one model, Triton's index and statistics -----------------------------
+
+
+def test_serve_plain_onnx_and_two_targets_of_one_model_with_tritonclient(tmp_path: Path):
+    import numpy as np
+    import onnxruntime as ort
+    import tritonclient.http as httpclient
+
+    from attn_deploy.errors import ConfigError
+    from attn_deploy.serve.server import BackgroundServer
+    from tests._serve_helpers import INPUT_SHAPE, make_artifact
+
+    artifact = make_artifact(tmp_path / "tiny-gate" / "ort-fp32")
+    twin = tmp_path / "tiny-gate" / "ort-fp32-copy"
+    shutil.copytree(artifact, twin)
+    plain = shutil.copyfile(artifact / "model.onnx", tmp_path / "gate.onnx")  # as export_onnx writes one
+    with pytest.raises(ConfigError, match=r"are both model 'tiny-gate'; name each with --name"):
+        BackgroundServer([artifact, twin])
+
+    with BackgroundServer([artifact, twin, plain], names=["gate-fp32", "gate-copy", "gate"]) as srv:
+        client = httpclient.InferenceServerClient(url=srv.url)
+        index = client.get_model_repository_index()
+        assert {(m["name"], m["state"]) for m in index} == {
+            ("gate-fp32", "READY"),
+            ("gate-copy", "READY"),
+            ("gate", "READY"),
+        }
+        images = np.random.default_rng(0).standard_normal((2, *INPUT_SHAPE)).astype(np.float32)
+        inp = httpclient.InferInput("images", list(images.shape), "FP32").set_data_from_numpy(images)
+        result = client.infer("gate", [inp])
+        expected = ort.InferenceSession(str(plain)).run(None, {"images": images})
+        np.testing.assert_array_equal(result.as_numpy("pooled"), expected[1])  # same graph, same kernels
+
+        (stat,) = client.get_inference_statistics("gate")["model_stats"]
+        assert (stat["name"], stat["version"], stat["inference_count"], stat["execution_count"]) == (
+            "gate",
+            "1",
+            2,
+            1,
+        )
+        assert (
+            stat["inference_stats"]["success"]["count"] == 1 and stat["inference_stats"]["success"]["ns"] > 0
+        )
+        assert stat["last_inference"] > 0
+        every = client.get_inference_statistics()["model_stats"]
+        assert sorted(s["name"] for s in every) == ["gate", "gate-copy", "gate-fp32"]
+        assert "statistics" in client.get_server_metadata()["extensions"]
+        client.close()
+
+    repo = tmp_path / "repo"
+    assert main(["triton-repo", str(plain), "--name", "my-gate", "--out", str(repo), "-q"]) == 0
+    config = (repo / "my-gate" / "config.pbtxt").read_text()
+    assert 'name: "my-gate"' in config and 'platform: "onnxruntime_onnx"' in config
+    assert (repo / "my-gate" / "1" / "model.onnx").read_bytes() == plain.read_bytes()
