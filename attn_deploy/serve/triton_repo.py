@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attn_deploy.artifacts import Artifact, load_artifact
+from attn_deploy.artifacts import Artifact
 from attn_deploy.errors import ConfigError
 from attn_deploy.fsutil import write_text, write_with
 from attn_deploy.serve.model_config import ONNX_PLATFORM, TENSORRT_PLATFORM, build_model_config, to_pbtxt
 from attn_deploy.serve.model_pool import MODEL_VERSION
 from attn_deploy.serve.signature import read_signature
+from attn_deploy.serve.sources import ONNX_SOURCE, load_sources
 
 PLAN_FILE = "model.plan"
 _MODEL_FILES = {ONNX_PLATFORM: "model.onnx", TENSORRT_PLATFORM: PLAN_FILE}
@@ -65,7 +66,8 @@ def write_triton_model(
     name = artifact.name
     signature = read_signature(artifact.onnx_path)
     plan = artifact.dir / PLAN_FILE
-    platform = TENSORRT_PLATFORM if plan.is_file() else ONNX_PLATFORM
+    from_artifact = artifact.manifest.get("source") != ONNX_SOURCE  # a plain .onnx: never a plan beside it
+    platform = TENSORRT_PLATFORM if from_artifact and plan.is_file() else ONNX_PLATFORM
     source = plan if platform == TENSORRT_PLATFORM else artifact.onnx_path
     config = build_model_config(
         name,
@@ -95,18 +97,11 @@ def write_triton_repository(
     max_batch: int = 8,
     max_delay_ms: float = 2.0,
     trt_precision: str | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[TritonModel]:
-    """Write one Triton model per artifact directory into ``repo``; model names must be distinct."""
-    if not artifact_dirs:
-        raise ConfigError("no artifact directories given; pass e.g. engines/<model>/ort-fp32")
-    artifacts = [load_artifact(Path(d)) for d in artifact_dirs]
-    names = [a.name for a in artifacts]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(
-            f"several artifacts are model {', '.join(duplicates)}; a Triton repository holds one per name, "
-            "write them to separate --out repositories"
-        )
+    """Write one Triton model per artifact directory or plain ``.onnx`` file into ``repo``, named ``names``
+    (one per path) when given; model names must be distinct."""
+    artifacts = load_sources(artifact_dirs, names)
     return [
         write_triton_model(
             a, repo, max_batch=max_batch, max_delay_ms=max_delay_ms, trt_precision=trt_precision
