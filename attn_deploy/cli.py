@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``attn-deploy`` console script."""
     with exit_on_signals(announce_interrupt):  # first: a command's imports (torch) take seconds
         args = build_parser().parse_args(argv)
+        was_quiet = console.quiet
         console.quiet = args.quiet or getattr(args, "json", None) == STDOUT  # stdout holds only the JSON
         try:
             return int(args.func(args) or 0)
@@ -102,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             return 130
+        finally:
+            console.quiet = (
+                was_quiet  # main() called from Python (tests, notebooks) leaves the console as it was
+            )
 
 
 def fail(message: str) -> int:

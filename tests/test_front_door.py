@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
+from attn_deploy import export_artifact
 from attn_deploy.cli import build_parser, main
 from attn_deploy.commands.list_models import ZOO_TABLE
-from attn_deploy.export.pipeline import export_onnx
 from attn_deploy.markdown import markdown_table
 from attn_deploy.models import list_models
 from attn_deploy.models.profile import zoo_table
@@ -111,18 +111,23 @@ def test_the_static_zoo_table_is_current():
     assert fresh["models"] == [r for r in table["models"] if r["model"] in sample]
 
 
-def test_version_help_and_usage_errors():
-    version = run_cli("--version")
+def test_version_help_and_usage_errors(capsys: pytest.CaptureFixture[str]):
+    version = run_cli("--version")  # a fresh interpreter: the installed versions, read without importing them
     assert (
         version.returncode == 0 and version.stdout.startswith("attn-deploy 0.") and "torch" in version.stdout
     )
-    helped = run_cli("--help")
+    with pytest.raises(SystemExit) as helped:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert helped.value.code == 0 and "exit codes:" in out and "usage or input error" in out
+    with pytest.raises(SystemExit) as usage:
+        main(["list", "--no-such-flag"])
+    assert usage.value.code == 2  # argparse's usage errors are 2, as documented
+    capsys.readouterr()
+    assert main(["list", "--quiet"]) == 0 and capsys.readouterr().out == ""
     assert (
-        helped.returncode == 0 and "exit codes:" in helped.stdout and "usage or input error" in helped.stdout
-    )
-    assert run_cli("list", "--no-such-flag").returncode == 2  # argparse's usage errors are 2 as documented
-    quiet = run_cli("list", "--quiet")
-    assert quiet.returncode == 0 and quiet.stdout == ""
+        main(["list", "--arch", "resnet18"]) == 0 and "resnet18-se" in capsys.readouterr().out
+    )  # loud again
 
 
 # --- named dynamic output dims ----------------------------------------------------------------------------
@@ -143,17 +148,17 @@ class TwoScaleHead(nn.Module):
         return torch.cat([a.flatten(2), b.flatten(2)], dim=2)
 
 
-def test_a_summed_output_dim_is_named_anchors_and_still_verified(tmp_path: Path):
+def test_own_model_to_a_full_artifact_with_a_named_summed_output_dim(tmp_path: Path):
+    # export_artifact: one's own nn.Module -> engines/<name>/<target>/ that serve and triton-repo take
     torch.manual_seed(0)
-    res = export_onnx(
-        TwoScaleHead().eval(),
-        torch.randn(1, 3, 16, 16),
-        tmp_path / "head.onnx",
-        dynamic_batch=True,
-        dynamic_hw=True,
+    out = tmp_path / "two-scale" / "ort-fp32-dynamic"
+    artifact, res = export_artifact(
+        TwoScaleHead(), torch.rand(1, 3, 16, 16), out, dynamic_batch=True, dynamic_hw=True
     )
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "report.md"]
+    assert artifact.name == "two-scale" and artifact.manifest["target"] == "ort-fp32"
     assert res.parity.passed and len(res.shapes) >= 3  # verified at shapes other than the export's
-    assert res.outputs[0]["shape"] == ["batch", 6, "anchors"]
+    assert res.outputs[0]["shape"] == ["batch", 6, "anchors"] == artifact.manifest["outputs"][0]["shape"]
     (output,) = onnx.load(str(res.path)).graph.output
     assert output.type.tensor_type.shape.dim[2].dim_param == "anchors"
     assert output.doc_string.startswith("anchors = ") and "+" in output.doc_string  # the formula, kept
