@@ -189,6 +189,7 @@ def test_serve_plain_onnx_and_two_targets_of_one_model_with_tritonclient(tmp_pat
 
     from attn_deploy.errors import ConfigError
     from attn_deploy.serve.server import BackgroundServer
+    from attn_deploy.serve.sources import model_name
     from tests._serve_helpers import INPUT_SHAPE, make_artifact
 
     artifact = make_artifact(tmp_path / "tiny-gate" / "ort-fp32")
@@ -228,6 +229,7 @@ def test_serve_plain_onnx_and_two_targets_of_one_model_with_tritonclient(tmp_pat
         assert "statistics" in client.get_server_metadata()["extensions"]
         client.close()
 
+    assert model_name("my model (v2)") == "my-model-v2"  # a file stem as a name a URL and Triton take
     repo = tmp_path / "repo"
     assert main(["triton-repo", str(plain), "--name", "my-gate", "--out", str(repo), "-q"]) == 0
     config = (repo / "my-gate" / "config.pbtxt").read_text()

@@ -5,6 +5,7 @@ with ``export_onnx`` or by any other tool is served without re-exporting."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,7 +42,9 @@ def onnx_artifact(path: Path) -> Artifact:
         return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in specs]
 
     manifest = {
-        "model": check_name(path.stem, f"the model name of {path.name}", InputError, fix=NAME_FIX),
+        "model": check_name(
+            model_name(path.stem), f"the model name of {path.name}", InputError, fix=NAME_FIX
+        ),
         "onnx": path.name,
         "source": ONNX_SOURCE,
         "inputs": tensors(signature.inputs),
@@ -51,12 +54,18 @@ def onnx_artifact(path: Path) -> Artifact:
     return Artifact(path.parent, manifest)
 
 
+def model_name(stem: str) -> str:
+    """A file stem as a model name: runs of characters other than letters, digits, '.', '_' and '-' become '-'
+    (``my model`` -> ``my-model``), so the name is as easy in a URL as in a Triton repository."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-")
+
+
 def load_sources(paths: Sequence[str | os.PathLike[str]], names: Sequence[str] | None) -> list[Artifact]:
     """:func:`load_source` of each path with its ``--name`` (one per path, or none); names must differ."""
     if not paths:
         raise ConfigError("no artifact directories given; pass e.g. engines/<model>/ort-fp32 or a model.onnx")
     if names and len(names) != len(paths):
-        raise ConfigError(f"give one --name per model: {len(paths)} models, {len(names)} names")
+        raise ConfigError(f"give one --name per path, in order: {len(paths)} paths, {len(names)} names")
     artifacts = [load_source(p, n) for p, n in zip(paths, names or [None] * len(paths), strict=True)]
     seen: dict[str, str] = {}
     for path, artifact in zip(paths, artifacts, strict=True):

@@ -58,8 +58,11 @@ def export_artifact(
     was trained with. ``name`` (default: the folder's parent, as in ``engines/<model>/<target>``) is the model
     name of the manifest, `serve` and Triton; outputs are named ``output_names`` (default output0, output1...).
     """
-    if sample.dim() != 4 or sample.shape[1] != 3:
-        raise ConfigError(f"sample must be an image batch (N, 3, H, W), got shape {tuple(sample.shape)}")
+    if precision not in (None, "fp32", "fp16", "int8"):
+        raise ConfigError(f"precision must be fp32, fp16 or int8, got {precision!r}")
+    if not isinstance(sample, torch.Tensor) or sample.dim() != 4 or sample.shape[1] != 3:
+        shape = tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample).__name__
+        raise ConfigError(f"sample must be an image batch tensor (N, 3, H, W), got {shape}")
     out = check_destination(out_dir)
     name = check_name(name or out.resolve().parent.name, "name")
     if isinstance(config, ExportConfig):
