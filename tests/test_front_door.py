@@ -18,6 +18,7 @@ from torch import nn
 from attn_deploy import export_artifact
 from attn_deploy.cli import build_parser, main
 from attn_deploy.commands.list_models import ZOO_TABLE
+from attn_deploy.export.shapes import is_summed_positions
 from attn_deploy.markdown import markdown_table
 from attn_deploy.models import list_models
 from attn_deploy.models.profile import zoo_table
@@ -131,6 +132,17 @@ def test_version_help_and_usage_errors(capsys: pytest.CaptureFixture[str]):
 
 
 # --- named dynamic output dims ----------------------------------------------------------------------------
+
+
+def test_only_a_sum_of_positions_over_feature_maps_is_called_anchors():
+    p3 = "(((2*(((height - 1)//32)) + 2)*((width - 1)//32 + 1))//2)"
+    p4 = "((4*((height - 1)//32) + 4)*(2*((width - 1)//32) + 2))//2"
+    yolo = f"{p3} + {p4}"  # as the exporter writes YOLO's output length (shortened)
+    assert is_summed_positions(yolo)
+    assert not is_summed_positions(
+        "(((height - 1)//2)) + 1"
+    )  # a strided conv's height: "+" alone is not a sum
+    assert not is_summed_positions("((((width - 1)//2)) + 1)*((((height - 1)//2)) + 1)")  # one map, flattened
 
 
 class TwoScaleHead(nn.Module):
