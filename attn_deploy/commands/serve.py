@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import re
 import sys
@@ -137,6 +136,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the models, serve until Ctrl-C / SIGTERM, shut down gracefully."""
     # a command imports only what it runs: ONNX Runtime and aiohttp load when serve does (never torch)
+    import asyncio  # 30 ms: not for --help or list
+
     from attn_deploy.serve.model_pool import ModelPool, ServeOptions
     from attn_deploy.serve.server import V2Server, serve_until_signalled
 
