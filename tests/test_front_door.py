@@ -242,6 +242,7 @@ def test_serve_plain_onnx_and_two_targets_of_one_model_with_tritonclient(tmp_pat
         client.close()
 
     assert model_name("my model (v2)") == "my-model-v2"  # a file stem as a name a URL and Triton take
+    assert main(["validate", str(plain)]) == 2  # a bare ONNX has no PyTorch reference: one line, naming why
     repo = tmp_path / "repo"
     assert main(["triton-repo", str(plain), "--name", "my-gate", "--out", str(repo), "-q"]) == 0
     config = (repo / "my-gate" / "config.pbtxt").read_text()

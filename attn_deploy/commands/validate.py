@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     artifact = load_artifact(args.artifact)
     config = load_config(args.config) if args.config else artifact_config(artifact.manifest)
+    check_gates_fit(gates, artifact.manifest)
     config = replace_config(config, gates) if gates else config
     size = image_size(artifact.manifest)
     if size is not None:  # without one, validate_artifact says the artifact needs a re-export
@@ -143,6 +144,23 @@ def gate_overrides(min_top1: float | None, min_box_agreement: float | None) -> d
             raise ConfigError(f"{flag} must be a fraction in [0, 1] (0.95 for 95%), got {value:g}")
         overrides[key] = value
     return overrides
+
+
+GATED_TASKS = {
+    "tolerances.top1": ("--min-top1", "classify"),
+    "tolerances.box_agreement": ("--min-box-agreement", "detect"),
+}
+TASK_NOUNS = {"classify": "classifier", "detect": "detector"}
+
+
+def check_gates_fit(gates: dict[str, float], manifest: dict[str, Any]) -> None:
+    """A ``ConfigError`` when a gate cannot apply: top-1 agreement gates classifiers, box agreement detectors."""
+    task = manifest.get("task")
+    for key in gates:
+        flag, wants = GATED_TASKS[key]
+        if task != wants:
+            is_a = f"a {TASK_NOUNS[task]}" if task in TASK_NOUNS else f"of task {task!r}"
+            raise ConfigError(f"{flag} gates {TASK_NOUNS[wants]}s; {manifest['model']} is {is_a}")
 
 
 def image_size(manifest: dict[str, Any]) -> tuple[int, int] | None:
