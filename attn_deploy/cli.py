@@ -22,7 +22,7 @@ import sys
 from rich.markup import escape
 
 from attn_deploy import __version__
-from attn_deploy.display import STDOUT, console, err_console
+from attn_deploy.display import STDOUT, check_json_target, console, err_console
 from attn_deploy.errors import AttnDeployError
 from attn_deploy.fsutil import exit_on_signals
 
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         was_quiet = console.quiet
         console.quiet = args.quiet or getattr(args, "json", None) == STDOUT  # stdout holds only the JSON
         try:
+            check_json_target(getattr(args, "json", None))
             return int(args.func(args) or 0)
         except AttnDeployError as exc:
             return fail(getattr(exc, "cli_hint", None) or str(exc))  # the hint names flags, not API arguments

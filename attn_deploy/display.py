@@ -29,6 +29,7 @@ from rich.progress import (
 from rich.table import Table
 
 from attn_deploy import fsutil
+from attn_deploy.errors import ConfigError
 from attn_deploy.markdown import fmt
 
 if TYPE_CHECKING:
@@ -74,14 +75,23 @@ def add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def check_json_target(target: str | None) -> None:
+    """A ``--json PATH`` that cannot be written is a one-line ``ConfigError`` before the command works."""
+    if target in (None, STDOUT):
+        return
+    if os.path.isdir(target):
+        raise ConfigError(f"--json '{target}' is a folder; give a file path, e.g. result.json")
+    fsutil.check_writable_dir(os.path.dirname(os.path.abspath(target)), "--json")
+
+
 def emit_json(data: Any, target: str) -> None:
     """``data`` as indented JSON: printed on standard output for ``-``, else written atomically to ``target``."""
-    text = json.dumps(data, indent=2, default=str)
+    text = json.dumps(data, indent=2, default=str) + "\n"
     if target == STDOUT:
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        console.print(f"wrote {escape(str(fsutil.write_text(target, text + chr(10))))}", highlight=False)
+        console.print(f"wrote {escape(str(fsutil.write_text(target, text)))}", highlight=False)
 
 
 @contextmanager

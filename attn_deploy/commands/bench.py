@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from attn_deploy.display import STDOUT, add_json_option, bench_progress, console, emit_json, print_table, warn
+from attn_deploy.display import add_json_option, bench_progress, console, emit_json, print_table, warn
 
 DEFAULT_BACKENDS = "torch,ort,ort-naive"
 MAX_RUNS = 10_000
@@ -78,10 +78,6 @@ def check_options(args: argparse.Namespace, names: list[str]) -> None:
     cores = os.cpu_count() or 1
     if args.threads is not None and not 1 <= args.threads <= cores:
         raise ConfigError(f"--threads must be 1..{cores} (the CPU count), got {args.threads}")
-    if args.json and args.json != STDOUT:
-        if os.path.isdir(args.json):
-            raise ConfigError(f"--json '{args.json}' is a folder; give a file path, e.g. bench.json")
-        check_writable_dir(os.path.dirname(os.path.abspath(args.json)), "--json")
     if args.out:
         check_writable_dir(args.out)
 
