@@ -98,6 +98,12 @@ def load_artifact(directory: str | os.PathLike[str]) -> Artifact:
     manifest is not a plain file name, or if ``model.onnx`` is not the file the manifest's sha256 describes."""
     directory = Path(directory)
     manifest_path = directory / MANIFEST_NAME
+    if directory.suffix.lower() == ".onnx" and directory.is_file():
+        raise InputError(
+            f"'{directory}' is a bare ONNX file, not an artifact directory: this command needs the manifest "
+            "(which model, preprocessing) that `attn-deploy export` or attn_deploy.export_artifact write; "
+            "`serve` and `triton-repo` take a bare .onnx"
+        )
     if not manifest_path.is_file():
         raise InputError(
             f"'{directory}' is not an artifact directory (no {MANIFEST_NAME}); "

@@ -135,10 +135,13 @@ class Tolerances:
     cosine: float = 0.9999
     top1: float | None = 0.99  # fraction of images whose top-1 class equals PyTorch's (classifiers)
     box_agreement: float | None = 0.95  # matched decoded boxes (IoU >= box_iou, same class) (detectors)
+    anchor_box_agreement: float | None = (
+        None  # boxes at PyTorch's best anchors kept (IoU >= box_iou), scores aside
+    )
     box_iou: float = 0.9
 
     def __post_init__(self) -> None:
-        for key in ("cosine", "top1", "box_agreement", "box_iou"):
+        for key in ("cosine", "top1", "box_agreement", "anchor_box_agreement", "box_iou"):
             value = getattr(self, key)
             _check(value is None or 0 <= value <= 1, key, value, "a number in [0, 1]")
         for key in ("max_abs", "max_rel"):

@@ -7,9 +7,13 @@ Torch-free and light (rich only). No stage room imports it: the library returns 
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -24,12 +28,70 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from attn_deploy import fsutil
+from attn_deploy.errors import ConfigError
 from attn_deploy.markdown import fmt
 
 if TYPE_CHECKING:
     from attn_deploy.bench.render import TableData
 
-console = Console()
+PIPED_WIDTH = 1000
+"""Columns of a console whose output is not a terminal (a file, a pipe, a CI log): wide enough that tables and
+paths stay whole instead of being cut at rich's default 80 (``COLUMNS`` still wins when set)."""
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A rich console; when it writes to a file or pipe (and ``COLUMNS`` is unset), :data:`PIPED_WIDTH` wide."""
+    made = Console(stderr=stderr)
+    if not made.is_terminal and "COLUMNS" not in os.environ:
+        made.width = PIPED_WIDTH
+    return made
+
+
+console = make_console()
+"""Standard output: tables, summaries (silenced by ``--quiet`` and ``--json``)."""
+err_console = make_console(stderr=True)
+"""Standard error: errors and warnings (shown even with ``--quiet``)."""
+
+
+def warn(message: str) -> None:
+    """Print one yellow warning line on standard error."""
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+STDOUT = "-"
+
+
+def add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--json [PATH]``: ``what`` as JSON on standard output (alone: nothing else is printed there), or
+    written to PATH."""
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const=STDOUT,
+        default=None,
+        metavar="PATH",
+        help=f"{what} as JSON: on stdout (alone, machine-readable), or written to PATH",
+    )
+
+
+def check_json_target(target: str | None) -> None:
+    """A ``--json PATH`` that cannot be written is a one-line ``ConfigError`` before the command works."""
+    if target in (None, STDOUT):
+        return
+    if os.path.isdir(target):
+        raise ConfigError(f"--json '{target}' is a folder; give a file path, e.g. result.json")
+    fsutil.check_writable_dir(os.path.dirname(os.path.abspath(target)), "--json")
+
+
+def emit_json(data: Any, target: str) -> None:
+    """``data`` as indented JSON: printed on standard output for ``-``, else written atomically to ``target``."""
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    if target == STDOUT:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        console.print(f"wrote {escape(str(fsutil.write_text(target, text)))}", highlight=False)
 
 
 @contextmanager

@@ -22,7 +22,8 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A GitHub-flavoured Markdown table; cells go through :func:`fmt`."""
+    """A GitHub-flavoured Markdown table; cells go through :func:`fmt`, their pipes escaped (``max|ref|``
+    would end the cell)."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"

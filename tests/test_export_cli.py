@@ -26,9 +26,8 @@ def test_list_prints_params_and_gflops(capsys) -> None:
 @pytest.mark.slow
 def test_export_writes_a_verified_artifact(yolo_dynamic_export: CliExport) -> None:
     out = yolo_dynamic_export.out
-    assert (
-        "PASSED" in out and "Ops before / after simplify" in out and "adaptive_avg_pool->reduce_mean" in out
-    )
+    assert "PASSED" in out and "anchors" in out and "adaptive_avg_pool->reduce_mean" in out
+    assert "Ops before / after simplify" not in out  # the op histogram is in report.md only
 
     art = yolo_dynamic_export.dir
     assert sorted(p.name for p in art.iterdir()) == ["manifest.json", "model.onnx", "report.md"]

@@ -166,7 +166,7 @@ CASES: list[tuple[str, list[str | Callable[[Path], str]], str]] = [
     ("bench-out-file", ["bench", "--model", MODEL, "--out", _a_file], "is a file"),
     ("bench-attention", ["bench", "--arch", "resnet18", "--attention", "nope"], "unknown attention"),
     ("bench-arch", ["bench", "--arch", "resnet7"], "unknown model"),
-    ("list-arch", ["list", "--arch", "nope"], "unknown model 'nope'"),
+    ("list-arch", ["list", "--arch", "nope"], "unknown architecture 'nope'; choose from resnet18"),
 ]
 CASES += [
     (

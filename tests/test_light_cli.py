@@ -1,4 +1,5 @@
-"""A light CLI: parsing, ``--help``, ``serve`` and ``triton-repo`` never import torch or the export stack.
+"""A light CLI: parsing, ``--help``, ``list``, ``config``, ``serve`` and ``triton-repo`` never import torch or the
+export stack.
 
 Each check runs in a fresh interpreter (``sys.executable -c``) so ``sys.modules`` holds only what that
 command imported; the artifacts are exported here, in the test process, and handed over by path.
@@ -57,6 +58,7 @@ def test_parsing_every_command_imports_nothing_heavy() -> None:
             ["bench", "--model", "yolov8n-eca", "--backends", "ort"],
             ["serve", "engines/m/ort-fp32", "--port", "0"],
             ["triton-repo", "engines/m/ort-fp32", "--out", "repo"],
+            ["config", "ort-int8", "--json"],
         ):
             parser.parse_args(argv)
         report()
@@ -121,6 +123,22 @@ def test_serve_answers_without_torch(artifact: Path) -> None:
     print(f"attn-deploy serve: ready in {result.get('seconds', float('nan')):.2f} s")
     assert result.get("status") == 200
     assert result["code"] == 0
+    assert result["heavy"] == []
+
+
+def test_list_and_config_run_without_torch() -> None:
+    # `list` prints a static table (attn_deploy/data/zoo_table.json): no model is built, torch never loads
+    result = run_python(
+        """
+        from attn_deploy.cli import main
+
+        start = time.perf_counter()
+        codes = [main(["list", "-q"]), main(["config", "trt-int8", "-q"])]
+        report(codes=codes, seconds=time.perf_counter() - start)
+        """
+    )
+    print(f"attn-deploy list + config: {result['seconds']:.2f} s after import")
+    assert result["codes"] == [0, 0]
     assert result["heavy"] == []
 
 

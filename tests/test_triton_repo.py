@@ -102,7 +102,7 @@ def test_max_batch_zero_turns_batching_off(artifacts: dict[str, Path], tmp_path:
 def test_same_model_twice_is_a_clear_error(artifacts: dict[str, Path], tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(artifacts["dynamic"], copy)
-    with pytest.raises(ConfigError, match="several artifacts are model tiny-gate"):
+    with pytest.raises(ConfigError, match="are both model 'tiny-gate'; name each with --name"):
         write_triton_repository([artifacts["dynamic"], copy], tmp_path / "repo")
     assert main(["triton-repo", str(artifacts["dynamic"]), str(copy), "--out", str(tmp_path / "repo")]) == 2
 

@@ -1,6 +1,6 @@
 """`attn-deploy bench`: backend latency against PyTorch eager, and attention cost tables.
 
-attn-deploy bench --model yolov8-eca --backends torch,ort,ort-naive [--json out.json]
+attn-deploy bench --model yolov8-eca --backends torch,ort,ort-naive [--json [out.json]]
 attn-deploy bench --arch yolov8s --attention all          # every attention vs none, one run
 """
 
@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from rich.markup import escape
-
-from attn_deploy.display import bench_progress, console, print_table
+from attn_deploy.display import add_json_option, bench_progress, console, emit_json, print_table, warn
 
 DEFAULT_BACKENDS = "torch,ort,ort-naive"
 MAX_RUNS = 10_000
@@ -48,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cuda-graphs", action="store_true", help="torch-cuda: replay the forward as a CUDA graph"
     )
-    p.add_argument("--json", default=None, help="write results as JSON to this path")
+    add_json_option(p, "the results")
     p.add_argument(
         "--out",
         default=None,
@@ -80,10 +78,6 @@ def check_options(args: argparse.Namespace, names: list[str]) -> None:
     cores = os.cpu_count() or 1
     if args.threads is not None and not 1 <= args.threads <= cores:
         raise ConfigError(f"--threads must be 1..{cores} (the CPU count), got {args.threads}")
-    if args.json:
-        if os.path.isdir(args.json):
-            raise ConfigError(f"--json '{args.json}' is a folder; give a file path, e.g. bench.json")
-        check_writable_dir(os.path.dirname(os.path.abspath(args.json)), "--json")
     if args.out:
         check_writable_dir(args.out)
 
@@ -97,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
     from attn_deploy.bench.run import bench_models
     from attn_deploy.bench.targets import BACKENDS, PRECISIONS, parse_choices
     from attn_deploy.errors import ConfigError
-    from attn_deploy.fsutil import write_json
     from attn_deploy.models import model_spec
 
     backends = parse_choices(args.backends, BACKENDS, "backend")
@@ -143,10 +136,10 @@ def run(args: argparse.Namespace) -> int:
     print_table(render.latency_table(result))
     print_table(render.checks_table(render.speed_checks(result)))
     for warning in result.warnings():
-        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+        warn(warning)
     if args.json:
         document = render.attention_json(result, arch, rows, seed) if arch else render.results_json(result)
-        console.print(f"wrote {write_json(args.json, document)}")
+        emit_json(document, args.json)
     out = args.out or (render.results_folder(result) if arch else None)
     if out:
         paths = (

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from attn_deploy.commands.shape_flags import add_profile_arguments, with_cli_profiles
 from attn_deploy.commands.tables import precision_tables
-from attn_deploy.display import console, stage_progress
+from attn_deploy.display import add_json_option, console, emit_json, stage_progress, warn
 from attn_deploy.markdown import fmt
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--calib-method", choices=("minmax", "entropy", "percentile"), default=None, help="INT8 calibration"
     )
     add_profile_arguments(p)
+    add_json_option(p, "what was written (artifact, files, parity, manifest)")
     p.set_defaults(func=run)
 
 
@@ -83,57 +84,52 @@ def run(args: argparse.Namespace) -> int:
             calib_dir=args.calib_dir,
         )
     print_export_summary(artifact, result)
+    if args.json:
+        emit_json(export_json(artifact, result), args.json)
     return 0
 
 
 def print_export_summary(artifact: Artifact, result: ExportResult) -> None:
-    """Tables: artifact, parity vs PyTorch, rewrites, op counts before/after simplify."""
+    """A short summary: what was written, parity vs PyTorch, rewrites; the rewrite sites and the op histogram
+    are in the artifact's report.md."""
+    from attn_deploy.validate.report import far_off_warnings
+    from attn_deploy.validate.scoring import Check
+
     m = artifact.manifest
+    p = result.parity
     info = Table(title=f"{m['model']} -> {artifact.dir}", show_header=False)
-    info.add_row("files", ", ".join(sorted(p.name for p in artifact.dir.iterdir())))
+    info.add_row("files", ", ".join(sorted(f.name for f in artifact.dir.iterdir())))
     info.add_row("input", "; ".join(f"{v['name']} {v['shape']}" for v in m["inputs"]))
     info.add_row("output", "; ".join(f"{v['name']} {v['shape']}" for v in m["outputs"]))
     info.add_row("opset / dynamic", f"{m['opset']} / batch={m['dynamic']['batch']} hw={m['dynamic']['hw']}")
+    shapes = ", ".join("x".join(map(str, s)) for s in result.shapes)
+    verdict = "[green]PASSED[/]" if p.passed else "[red]FAILED[/]"
     info.add_row(
-        "time",
-        f"{result.seconds:.1f} s ({', '.join(f'{k} {v:.1f}s' for k, v in result.stage_seconds.items())})",
+        "parity vs PyTorch",
+        f"{verdict} at {shapes}: max abs {fmt(p.max_abs)}, max rel {fmt(p.max_rel)}, cosine {p.cosine:.8f}",
+    )
+    counts = {rule: sum(1 for s in result.rewrite_sites if s.rule == rule) for rule in result.rewrites}
+    info.add_row("rewrites", ", ".join(f"{r} x{n}" for r, n in counts.items()) or "none needed")
+    info.add_row(
+        "ops", f"{sum(result.ops_before.values())} -> {sum(result.ops_after.values())} after simplify"
     )
     info.add_row("TensorRT lint", "clean" if not result.lint else "; ".join(map(str, result.lint)))
+    info.add_row("time", f"{result.seconds:.1f} s")
     console.print(info)
-
-    p = result.parity
-    parity = Table(title="Parity vs PyTorch FP32 (ONNX Runtime CPU)")
-    for col in ("shape", "output", "max abs", "max rel", "cosine", "tolerance"):
-        parity.add_column(col, justify="right")
-    per_shape = len(p.per_output) // max(len(result.shapes), 1)
-    for i, out in enumerate(p.per_output):
-        shape = result.shapes[i // per_shape] if per_shape else "-"
-        parity.add_row(
-            "x".join(map(str, shape)),
-            out.name,
-            fmt(out.max_abs),
-            fmt(out.max_rel),
-            f"{out.cosine:.8f}",
-            fmt(out.tolerance),
-        )
-    parity.caption = "[green]PASSED[/]" if p.passed else "[red]FAILED[/]"
-    console.print(parity)
     for table in precision_tables(m):  # precision targets: the converted graph's checks, the TensorRT engine
         console.print(table)
+    for warning in far_off_warnings([Check(**c) for c in m.get("parity", {}).get("checks", [])]):
+        warn(warning)
+    console.print(f"rewrite sites, ops before/after simplify: {artifact.dir / 'report.md'}", highlight=False)
 
-    if result.rewrites:
-        rewrites = Table(title="Rewrites applied")
-        rewrites.add_column("rule")
-        rewrites.add_column("sites", justify="right")
-        for rule in result.rewrites:
-            rewrites.add_row(rule, str(sum(1 for s in result.rewrite_sites if s.rule == rule)))
-        console.print(rewrites)
 
-    ops = Table(title="Ops before / after simplify")
-    for col in ("op", "before", "after"):
-        ops.add_column(col, justify="right" if col != "op" else "left")
-    names = sorted(set(result.ops_before) | set(result.ops_after), key=lambda o: -result.ops_before.get(o, 0))
-    for op in names:
-        ops.add_row(op, str(result.ops_before.get(op, 0)), str(result.ops_after.get(op, 0)))
-    ops.add_row("[bold]total", str(sum(result.ops_before.values())), str(sum(result.ops_after.values())))
-    console.print(ops)
+def export_json(artifact: Artifact, result: ExportResult) -> dict[str, Any]:
+    """``--json``: the artifact folder, its files, parity and the manifest."""
+    return {
+        "artifact": str(artifact.dir),
+        "files": sorted(f.name for f in artifact.dir.iterdir()),
+        "passed": result.parity.passed,
+        "rewrites": result.rewrites,
+        "seconds": result.seconds,
+        "manifest": artifact.manifest,
+    }

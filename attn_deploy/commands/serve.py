@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import re
 import sys
@@ -73,7 +72,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Triton HTTP protocol, with dynamic micro-batching and Prometheus /metrics.",
     )
     p.add_argument(
-        "artifacts", nargs="+", metavar="DIR", help="artifact directories (model.onnx + manifest.json)"
+        "artifacts",
+        nargs="+",
+        metavar="PATH",
+        help="artifact directories (model.onnx + manifest.json) or plain .onnx files",
+    )
+    p.add_argument(
+        "--name",
+        action="append",
+        default=None,
+        dest="names",
+        help="serve the PATHs under these names, one --name per PATH in order (two targets of one model: "
+        "--name yolov8s-eca-fp32 --name yolov8s-eca-int8); default: the manifest's model or the file's stem",
     )
     p.error = _one_line_error(p)  # type: ignore[method-assign]  # usage errors: one line, exit code 2
     p.add_argument(
@@ -126,6 +136,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the models, serve until Ctrl-C / SIGTERM, shut down gracefully."""
     # a command imports only what it runs: ONNX Runtime and aiohttp load when serve does (never torch)
+    import asyncio  # 30 ms: not for --help or list
+
     from attn_deploy.serve.model_pool import ModelPool, ServeOptions
     from attn_deploy.serve.server import V2Server, serve_until_signalled
 
@@ -139,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,
     )
-    server = V2Server(ModelPool(args.artifacts, options))
+    server = V2Server(ModelPool(args.artifacts, options, args.names))
 
     def announce(port: int) -> None:
         host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address in a URL

@@ -18,15 +18,16 @@ if TYPE_CHECKING:
 
 
 def checks_table(title: str, checks: Sequence[Check], caption: str | None = None) -> Table:
-    """A rich table of checks: metric, value, tolerance, pass/FAIL."""
+    """A rich table of checks: metric, value, tolerance, pass / FAIL / not checked (yellow when far off)."""
     from attn_deploy.validate.report import show_value
 
     table = Table(title=title, caption=caption)
     for col in ("metric", "value", "tolerance", "result"):
         table.add_column(col, justify="left" if col == "metric" else "right")
+    style = {"pass": "[green]", "FAIL": "[red]", "not checked": "[dim]"}
     for c in checks:
         table.add_row(
-            c.metric, show_value(c), f"{c.op} {c.limit:g}", "[green]pass" if c.passed else "[red]FAIL"
+            c.metric, show_value(c), c.tolerance, ("[yellow]" if c.far_off else style[c.result]) + c.result
         )
     return table
 

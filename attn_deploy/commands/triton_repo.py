@@ -22,7 +22,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "TensorRT artifacts) for each artifact directory.",
     )
     p.add_argument(
-        "artifacts", nargs="+", metavar="DIR", help="artifact directories (engines/<model>/<target>)"
+        "artifacts",
+        nargs="+",
+        metavar="PATH",
+        help="artifact directories (engines/<model>/<target>) or plain .onnx files",
+    )
+    p.add_argument(
+        "--name",
+        action="append",
+        default=None,
+        dest="names",
+        help="Triton model names, one --name per PATH in order (default: the manifest's model or the file's stem)",
     )
     p.add_argument("--out", default="model_repository", help="repository directory (default: %(default)s)")
     p.add_argument(
@@ -93,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_delay_ms=args.max_delay_ms,
         trt_precision=args.trt_accelerator,
+        names=args.names,
     )
     table = Table(title=f"Triton model repository: {args.out}")
     for column in ("model", "platform", "max_batch_size", "inputs", "accelerator", "file"):

@@ -6,11 +6,12 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
 from attn_deploy.commands.tables import checks_table
-from attn_deploy.display import console
+from attn_deploy.display import add_json_option, console, emit_json, warn
 from attn_deploy.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -49,14 +50,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="validate on your own .jpg/.png images (all, or the first --images) instead of synthetic ones",
     )
+    add_json_option(p, "the report (validation.json's content)")
+    p.add_argument(
+        "--min-top1",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="gate: top-1 agreement with PyTorch of a classifier must reach this (0..1, e.g. 0.95)",
+    )
+    p.add_argument(
+        "--min-box-agreement",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="gate: decoded-box agreement with PyTorch of a detector must reach this (0..1, e.g. 0.9)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Validate, print the tables, return 0 when every check passed, 1 otherwise."""
+    gates = gate_overrides(args.min_top1, args.min_box_agreement)  # a bad value fails before anything loads
     # a command imports only what it runs: torch, the zoo and Polygraphy load when validate does
     from attn_deploy.artifacts import load_artifact
-    from attn_deploy.config import load_config
+    from attn_deploy.config import load_config, replace_config
     from attn_deploy.data.preprocess import list_images
     from attn_deploy.models.registry import check_count
     from attn_deploy.validate.report import VALIDATION_JSON, agreement_lines
@@ -66,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     artifact = load_artifact(args.artifact)
     config = load_config(args.config) if args.config else artifact_config(artifact.manifest)
+    check_gates_fit(gates, artifact.manifest)
+    config = replace_config(config, gates) if gates else config
     size = image_size(artifact.manifest)
     if size is not None:  # without one, validate_artifact says the artifact needs a re-export
         count = len(list_images(args.image_dir)) if args.image_dir else config.validation.num_images
@@ -97,9 +116,51 @@ def run(args: argparse.Namespace) -> int:
             p["name"], f"{p['max_abs']:.3g}", f"{p['max_rel']:.3g}", f"{p['cosine']:.7f}", str(p["nonfinite"])
         )
     console.print(outputs)
+    for warning in report.warnings:
+        warn(warning)
+    gates = sum(c.gated for c in report.checks)
+    unchecked = len(report.checks) - gates
     verdict = "[bold green]PASSED" if report.passed else "[bold red]FAILED"
-    console.print(f"{verdict}[/] - {artifact.dir / VALIDATION_JSON}, report.md, polygraphy_*.json written")
+    console.print(
+        f"{verdict}[/] ({gates} gates; {unchecked} metrics reported, not checked) - "
+        f"{escape(str(artifact.dir / VALIDATION_JSON))}, report.md, polygraphy_*.json written",
+        highlight=False,
+    )
+    if args.json:
+        emit_json(report.to_dict(), args.json)
     return 0 if report.passed else 1
+
+
+def gate_overrides(min_top1: float | None, min_box_agreement: float | None) -> dict[str, float]:
+    """The config overrides making top-1 / box agreement gates (``--min-top1``, ``--min-box-agreement``)."""
+    overrides = {}
+    for flag, key, value in (
+        ("--min-top1", "tolerances.top1", min_top1),
+        ("--min-box-agreement", "tolerances.box_agreement", min_box_agreement),
+    ):
+        if value is None:
+            continue
+        if not 0 <= value <= 1:  # NaN too
+            raise ConfigError(f"{flag} must be a fraction in [0, 1] (0.95 for 95%), got {value:g}")
+        overrides[key] = value
+    return overrides
+
+
+GATED_TASKS = {
+    "tolerances.top1": ("--min-top1", "classify"),
+    "tolerances.box_agreement": ("--min-box-agreement", "detect"),
+}
+TASK_NOUNS = {"classify": "classifier", "detect": "detector"}
+
+
+def check_gates_fit(gates: dict[str, float], manifest: dict[str, Any]) -> None:
+    """A ``ConfigError`` when a gate cannot apply: top-1 agreement gates classifiers, box agreement detectors."""
+    task = manifest.get("task")
+    for key in gates:
+        flag, wants = GATED_TASKS[key]
+        if task != wants:
+            is_a = f"a {TASK_NOUNS[task]}" if task in TASK_NOUNS else f"of task {task!r}"
+            raise ConfigError(f"{flag} gates {TASK_NOUNS[wants]}s; {manifest['model']} is {is_a}")
 
 
 def image_size(manifest: dict[str, Any]) -> tuple[int, int] | None:

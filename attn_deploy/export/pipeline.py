@@ -47,6 +47,7 @@ from attn_deploy.export.lint import LintIssue, lint_tensorrt
 from attn_deploy.export.shapes import (
     DIM_NAMES,
     dynamic_axes_for,
+    name_output_dims,
     rename_dims,
     torch_dynamic_shapes,
     verification_shapes,
@@ -502,6 +503,7 @@ def export_onnx(
             timer.start("simplify")
             proto = simplify_model(proto)
         ops_after = op_histogram(proto)
+        name_output_dims(proto)  # `anchors`, not a 200-character formula, in the graph and the manifest
         inputs, outputs = graph_signature(proto)
         timer.start("check")
         try:

@@ -48,6 +48,54 @@ def rename_dims(model: onnx.ModelProto, axes_per_input: list[dict[int, str]]) ->
                 dim.dim_param = pattern.sub(lambda m: mapping[m.group(1)], dim.dim_param)
 
 
+ANCHORS = "anchors"
+"""The name of an output dim that sums positions over several feature maps (``h/8*w/8 + h/16*w/16 + ...``):
+YOLO's (and any multi-scale dense head's) anchor points."""
+
+
+def _top_level_terms(formula: str) -> list[str]:
+    """``formula`` split at the ``+`` signs outside parentheses."""
+    terms, depth, start = [], 0, 0
+    for i, char in enumerate(formula):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "+" and depth == 0:
+            terms.append(formula[start:i])
+            start = i + 1
+    return [*terms, formula[start:]]
+
+
+def is_summed_positions(formula: str, dims: tuple[str, str] = ("height", "width")) -> bool:
+    """True for a sum of two or more products of both spatial dims: positions over several feature maps."""
+    terms = _top_level_terms(formula)
+    return sum("*" in t and all(d in t for d in dims) for t in terms) >= 2
+
+
+def name_output_dims(model: onnx.ModelProto) -> dict[str, str]:
+    """Name the graph outputs' sums of positions over feature maps ``anchors``, in place: YOLO's output length,
+    which the exporter writes as a 200-character formula of height and width. Other dims keep their symbols.
+
+    A second distinct such sum gets a suffix (``anchors_2``); each formula stays in its output's ``doc_string``.
+    Names only: ONNX Runtime does not compute with them, and the export is verified at unseen shapes
+    afterwards. Returns name -> formula.
+    """
+    named: dict[str, str] = {}
+    for value in model.graph.output:
+        renamed = []
+        for dim in value.type.tensor_type.shape.dim:
+            formula = dim.dim_param
+            if not formula or not is_summed_positions(formula):
+                continue
+            name = next((n for n, f in named.items() if f == formula), None)
+            if name is None:
+                name = ANCHORS if not named else f"{ANCHORS}_{len(named) + 1}"
+                named[name] = formula
+            dim.dim_param = name
+            renamed.append(f"{name} = {formula}")
+        if renamed:
+            value.doc_string = "; ".join([value.doc_string, *renamed] if value.doc_string else renamed)
+    return named
+
+
 def _stride(h: int, w: int) -> int:
     """The largest power of two (<= 32) dividing both H and W: alternative sizes keep this divisibility."""
     stride = 1

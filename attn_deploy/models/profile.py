@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
+
+from attn_deploy.models import create_model, list_models, model_spec
+from attn_deploy.models.registry import ARCH_ALIASES
 
 
 def count_params(model: nn.Module) -> int:
@@ -48,3 +52,27 @@ def _count(forward: Callable[[], object]) -> float:
     with counter:
         forward()
     return counter.get_total_flops() / 1e9
+
+
+def zoo_table(names: list[str] | None = None) -> dict[str, Any]:
+    """The rows of `attn-deploy list` for ``names`` (default every zoo model), built on the meta device
+    (shapes and FLOPs, no weights, no compute), plus the architecture aliases: the static table
+    ``attn_deploy/data/zoo_table.json`` that `list` prints without importing torch (rewrite it with
+    ``python -m benchmarks.zoo_table``; ``tests/test_front_door.py`` checks it is current)."""
+    rows = []
+    for name in names if names is not None else list_models():
+        spec = model_spec(name)
+        with torch.device("meta"):
+            model = create_model(name, calibrate=False)
+        rows.append(
+            {
+                "model": name,
+                "arch": spec.arch,
+                "task": spec.task,
+                "attention": spec.attention,
+                "input": list(spec.input_size),
+                "params_m": round(count_params(model) / 1e6, 2),
+                "gflops": round(count_gflops(model, (1, 3, *spec.input_size)), 2),
+            }
+        )
+    return {"aliases": dict(sorted(ARCH_ALIASES.items())), "models": rows}

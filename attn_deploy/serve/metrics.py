@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -63,6 +65,9 @@ class ModelMetrics:
     queue_duration_us: int = 0
     compute_infer_duration_us: int = 0
     pending_requests: int = 0  # a gauge: requests received and not yet answered
+    success_duration_us: int = 0  # request_duration_us split by outcome, for the statistics extension
+    failure_duration_us: int = 0
+    last_inference_ms: int = 0  # milliseconds since the epoch of the last answered request
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add_pending(self, delta: int) -> None:
@@ -76,19 +81,51 @@ class ModelMetrics:
             self.request_success += 1
             self.inference_count += batch_size
             self.request_duration_us += round(duration_us)
+            self.success_duration_us += round(duration_us)
             self.queue_duration_us += round(queue_us)
+            self.last_inference_ms = int(time.time() * 1000)
 
     def record_failure(self, duration_us: float) -> None:
         """A request for this model answered with an error."""
         with self._lock:
             self.request_failure += 1
             self.request_duration_us += round(duration_us)
+            self.failure_duration_us += round(duration_us)
+            self.last_inference_ms = int(time.time() * 1000)
 
     def record_execution(self, compute_us: float) -> None:
         """One model execution (one ORT run, any batch size)."""
         with self._lock:
             self.exec_count += 1
             self.compute_infer_duration_us += round(compute_us)
+
+    def statistics(self) -> dict[str, Any]:
+        """The statistics extension's ``$model_stat`` (``GET /v2/models/{m}/stats``, what tritonclient's
+        ``get_inference_statistics`` reads): Triton's docs/protocol/extension_statistics.md. Durations are in
+        nanoseconds. ``compute_input`` / ``compute_output`` are not timed apart from ``compute_infer`` (ONNX
+        Runtime takes and returns host arrays), so they report count 0; ``batch_stats`` is empty."""
+        with self._lock:
+
+            def duration(count: int, us: int) -> dict[str, int]:
+                return {"count": count, "ns": us * 1000}
+
+            return {
+                "name": self.model,
+                "version": self.version,
+                "last_inference": self.last_inference_ms,
+                "inference_count": self.inference_count,
+                "execution_count": self.exec_count,
+                "inference_stats": {
+                    "success": duration(self.request_success, self.success_duration_us),
+                    "fail": duration(self.request_failure, self.failure_duration_us),
+                    "queue": duration(self.request_success, self.queue_duration_us),
+                    "compute_input": duration(0, 0),
+                    "compute_infer": duration(self.exec_count, self.compute_infer_duration_us),
+                    "compute_output": duration(0, 0),
+                    "cache_hit": duration(0, 0),
+                },
+                "batch_stats": [],
+            }
 
 
 def _escape(value: str) -> str:

@@ -6,14 +6,13 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
-from attn_deploy.artifacts import Artifact, load_artifact
+from attn_deploy.artifacts import Artifact
 from attn_deploy.backends.ort import OrtRunner
 from attn_deploy.errors import ConfigError, ModelNotFoundError, exception_summary
 from attn_deploy.serve.batcher import BatchResult, MicroBatcher, batch_size_of
@@ -21,6 +20,7 @@ from attn_deploy.serve.metrics import ModelMetrics
 from attn_deploy.serve.model_config import ONNX_PLATFORM, build_model_config
 from attn_deploy.serve.protocol import ProtocolError
 from attn_deploy.serve.signature import ModelSignature, read_signature
+from attn_deploy.serve.sources import load_sources
 
 MODEL_VERSION = "1"
 DEVICES = {"cpu": ("CPUExecutionProvider",), "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider")}
@@ -173,20 +173,20 @@ class ServedModel:
 class ModelPool:
     """All served models by name, and the worker threads they share."""
 
-    def __init__(self, artifact_dirs: Sequence[str | os.PathLike[str]], options: ServeOptions) -> None:
-        if not artifact_dirs:
-            raise ConfigError("no artifact directories given; pass e.g. engines/<model>/ort-fp32")
+    def __init__(
+        self,
+        artifact_dirs: Sequence[str | os.PathLike[str]],
+        options: ServeOptions,
+        names: Sequence[str] | None = None,
+    ) -> None:
+        """Serve each artifact directory or plain ``.onnx`` file, as ``names`` (one per path) when given."""
+        artifacts = load_sources(artifact_dirs, names)  # one-line errors before any session or thread starts
         self.options = options
         self.executor = ThreadPoolExecutor(options.threads, thread_name_prefix="attn-serve")
         self.models: dict[str, ServedModel] = {}
         try:
-            for directory in artifact_dirs:
-                model = ServedModel(load_artifact(Path(directory)), options, self.executor)
-                if model.name in self.models:
-                    raise ConfigError(
-                        f"two artifacts are model '{model.name}' ({directory}); serve one target per model"
-                    )
-                self.models[model.name] = model
+            for artifact in artifacts:
+                self.models[artifact.name] = ServedModel(artifact, options, self.executor)
         except BaseException:
             self.executor.shutdown(wait=False)
             raise

@@ -1,7 +1,8 @@
 """aiohttp server speaking the KServe v2 / Open Inference Protocol over HTTP, as Triton does.
 
 Endpoints (https://kserve.github.io/website/docs/concepts/architecture/data-plane/v2-protocol and
-Triton's protocol extensions ``binary_tensor_data`` and ``model_configuration``)::
+Triton's protocol extensions ``binary_tensor_data``, ``model_configuration``, ``statistics`` and the index of
+``model_repository``)::
 
     GET  /v2                                  server metadata
     GET  /v2/health/live | /v2/health/ready   200, or 503 while shutting down
@@ -9,6 +10,9 @@ Triton's protocol extensions ``binary_tensor_data`` and ``model_configuration``)
     GET  /v2/models/{m}[/versions/{v}]/ready  200, or 503 while shutting down
     GET  /v2/models/{m}[/versions/{v}]/config Triton model configuration (JSON)
     POST /v2/models/{m}[/versions/{v}]/infer  inference, JSON and binary tensors
+    GET  /v2/models[/{m}[/versions/{v}]]/stats statistics extension (tritonclient get_inference_statistics)
+    POST /v2/repository/index                 the served models, each READY (tritonclient
+                                              get_model_repository_index; no load/unload)
     GET  /metrics                             Prometheus text, Triton metric names
 
 Errors are ``{"error": "<one line>"}`` with 400 (bad request), 404 (unknown model/version/route),
@@ -57,7 +61,7 @@ from attn_deploy.serve.protocol import (
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "attn-deploy"
-EXTENSIONS = ("binary_tensor_data", "model_configuration")
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics")
 READABLE_CODINGS = ("identity", "gzip", "deflate")  # request Content-Encoding aiohttp decodes itself
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -159,6 +163,10 @@ class V2Server:
         app.router.add_get("/v2/health/live", self._live)
         app.router.add_get("/v2/health/ready", self._ready)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/v2/repository/index", self._repository_index)
+        app.router.add_get("/v2/models/stats", self._statistics)  # before {model}: all models
+        for prefix in (model, versioned):
+            app.router.add_get(prefix + "/stats", self._statistics)
         for prefix in (model, versioned):
             app.router.add_get(prefix, self._model_metadata)
             app.router.add_get(prefix + "/ready", self._model_ready)
@@ -193,6 +201,21 @@ class V2Server:
 
     async def _model_config(self, request: web.Request) -> web.Response:
         return _json_response(self._model(request).config())
+
+    async def _statistics(self, request: web.Request) -> web.Response:
+        """``$stats_model_response``: one model (version), or every served model without a name."""
+        models = [self._model(request)] if "model" in request.match_info else self.pool.models.values()
+        return _json_response({"model_stats": [m.metrics.statistics() for m in models]})
+
+    async def _repository_index(self, request: web.Request) -> web.Response:
+        """``$repository_index_response``: every served model is loaded and READY (the body's ``ready``
+        filter changes nothing). Triton's docs/protocol/extension_model_repository.md."""
+        return _json_response(
+            [
+                {"name": m.name, "version": m.version, "state": "READY", "reason": ""}
+                for m in self.pool.models.values()
+            ]
+        )
 
     async def _metrics(self, request: web.Request) -> web.Response:
         text = render_prometheus(m.metrics for m in self.pool.models.values())
@@ -322,7 +345,8 @@ async def serve_until_signalled(
 class BackgroundServer:
     """A V2Server on its own event loop in a background thread (tests, benchmarks, notebooks).
 
-    ``with BackgroundServer(["engines/m/ort-fp32"]) as srv: ... srv.url`` -- stops gracefully on exit.
+    ``with BackgroundServer(["engines/m/ort-fp32", "my.onnx"]) as srv: ... srv.url`` -- stops gracefully on
+    exit; ``names`` (one per path) serves them under other names.
     """
 
     def __init__(
@@ -333,10 +357,11 @@ class BackgroundServer:
         host: str = "127.0.0.1",
         port: int = 0,
         shutdown_timeout: float = 30.0,
+        names: Sequence[str] | None = None,
     ) -> None:
         self.host = host
         self.server = V2Server(
-            ModelPool(artifact_dirs, options or ServeOptions()), shutdown_timeout=shutdown_timeout
+            ModelPool(artifact_dirs, options or ServeOptions(), names), shutdown_timeout=shutdown_timeout
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="attn-serve-loop", daemon=True)

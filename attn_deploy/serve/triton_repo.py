@@ -28,12 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attn_deploy.artifacts import Artifact, load_artifact
+from attn_deploy.artifacts import Artifact
 from attn_deploy.errors import ConfigError
 from attn_deploy.fsutil import write_text, write_with
 from attn_deploy.serve.model_config import ONNX_PLATFORM, TENSORRT_PLATFORM, build_model_config, to_pbtxt
 from attn_deploy.serve.model_pool import MODEL_VERSION
 from attn_deploy.serve.signature import ModelSignature, read_signature
+from attn_deploy.serve.sources import ONNX_SOURCE, load_sources
 
 PLAN_FILE = "model.plan"
 DEFAULT_MAX_BATCH = 8
@@ -63,6 +64,8 @@ def model_source(artifact: Artifact) -> tuple[str, Path]:
     ``model.plan`` is a one-line ``ConfigError``: writing it as ``onnxruntime_onnx`` would quietly serve
     something other than what was asked for."""
     manifest = artifact.manifest
+    if manifest.get("source") == ONNX_SOURCE:  # a plain .onnx: never a plan lying beside it
+        return ONNX_PLATFORM, artifact.onnx_path
     engine = manifest.get("engine") if isinstance(manifest.get("engine"), dict) else None
     plan = artifact.dir / PLAN_FILE
     tensorrt_target = engine is not None or (manifest.get("config") or {}).get("runtime") == "tensorrt"
@@ -177,18 +180,11 @@ def write_triton_repository(
     max_batch: int | None = None,
     max_delay_ms: float = 2.0,
     trt_precision: str | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[TritonModel]:
-    """Write one Triton model per artifact directory into ``repo``; model names must be distinct."""
-    if not artifact_dirs:
-        raise ConfigError("no artifact directories given; pass e.g. engines/<model>/ort-fp32")
-    artifacts = [load_artifact(Path(d)) for d in artifact_dirs]
-    names = [a.name for a in artifacts]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(
-            f"several artifacts are model {', '.join(duplicates)}; a Triton repository holds one per name, "
-            "write them to separate --out repositories"
-        )
+    """Write one Triton model per artifact directory or plain ``.onnx`` file into ``repo``, named ``names``
+    (one per path) when given; model names must be distinct."""
+    artifacts = load_sources(artifact_dirs, names)
     for artifact in artifacts:  # every refusal before the first file is written
         _serving_choice(artifact, max_batch)
     return [

@@ -18,6 +18,8 @@ from attn_deploy.validate.scoring import Check
 
 VALIDATION_JSON = "validation.json"
 REPORT_MARKER = "<!-- attn-deploy validate -->"
+GATE_FLAGS = {"top-1 agreement": "--min-top1", "box agreement": "--min-box-agreement"}
+"""The `validate` flag that makes a metric a gate (the others: the config's ``tolerances``)."""
 
 
 @dataclass
@@ -38,14 +40,20 @@ class ValidationReport:
 
     @property
     def passed(self) -> bool:
-        """Every check passed."""
+        """Every gate passed (metrics that are not gates never fail)."""
         return all(c.passed for c in self.checks)
+
+    @property
+    def warnings(self) -> list[str]:
+        """A sentence per metric that is not a gate and is far off."""
+        return far_off_warnings(self.checks)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (``validation.json``)."""
         data = asdict(self)
-        data["checks"] = [{**asdict(c), "passed": c.passed} for c in self.checks]
+        data["checks"] = [c.to_dict() for c in self.checks]
         data["passed"] = self.passed
+        data["warnings"] = self.warnings
         return data
 
 
@@ -61,6 +69,21 @@ def write_validation(folder: Path, report: ValidationReport, result: Comparison,
     previous = previous.split(REPORT_MARKER)[0].rstrip()
     section = render_validation(report, command)
     fsutil.write_text(report_path, f"{previous}\n\n{REPORT_MARKER}\n{section}" if previous else section)
+
+
+def far_off_warnings(checks: list[Check]) -> list[str]:
+    """A sentence per metric that is not a gate and is far off, naming how to make it one."""
+    lines = []
+    for c in checks:
+        if c.far_off:
+            flag = GATE_FLAGS.get(c.metric)
+            how = (
+                f"`validate {flag}`"
+                if flag
+                else "the config's `tolerances` (`attn-deploy config TARGET` shows them)"
+            )
+            lines.append(f"{c.metric} is {show_value(c)}, far off and not checked; to gate it, use {how}.")
+    return lines
 
 
 def show_value(check: Check) -> str:
@@ -81,10 +104,7 @@ def render_validation(report: ValidationReport, command: str) -> str:
         f"{report.seconds} s\n",
         markdown_table(
             ["metric", "value", "tolerance", "result"],
-            [
-                [c.metric, show_value(c), f"{c.op} {c.limit:g}", "pass" if c.passed else "FAIL"]
-                for c in report.checks
-            ],
+            [[c.metric, show_value(c), c.tolerance, c.result] for c in report.checks],
         ),
         markdown_table(
             ["output", "max abs", "max rel", "cosine", "non-finite"],
@@ -95,6 +115,7 @@ def render_validation(report: ValidationReport, command: str) -> str:
         ),
     ]
     lines += [line + "\n" for line in agreement_lines(report.details)]
+    lines += [f"**Warning:** {w}\n" for w in report.warnings]
     lines.append(f"Reproduce with NVIDIA Polygraphy (first batch):\n\n```\n{command}\n```\n")
     return "\n".join(lines)
 

@@ -2,6 +2,10 @@
 
 * per output: max abs / max rel error, cosine similarity, new non-finite values;
 * classifiers: top-1 agreement; detectors: decoded-box agreement (:mod:`attn_deploy.validate.detection`).
+
+Every metric is reported. A metric whose tolerance is ``None`` is not a gate: its check says "not checked",
+never counts for or against the verdict, and carries a warning when it is far off (:data:`FAR_OFF`), so a
+PASSED never hides a 0% box agreement behind silence.
 """
 
 from __future__ import annotations
@@ -16,20 +20,66 @@ from attn_deploy.parity import ParityReport, compare_outputs
 from attn_deploy.validate.classification import top1_agreement
 from attn_deploy.validate.detection import anchor_box_agreement, box_agreement
 
+FAR_OFF = {
+    "top-1 agreement": 0.9,
+    "box agreement": 0.5,
+    "anchor box agreement": 0.5,
+    "max rel error": 0.1,
+}
+"""Where a metric that is not a gate gets a warning: agreements below, errors above (max rel: 10% of the
+output's largest magnitude). Untrained zoo weights land here under INT8 (flat logits, YOLO scores ~1e-4)."""
+
 
 @dataclass(frozen=True)
 class Check:
-    """One metric against its tolerance."""
+    """One metric against its tolerance; ``limit=None``: reported, not checked (never fails)."""
 
     metric: str
     value: float
-    limit: float
+    limit: float | None
     op: str  # ">=" or "<="
 
     @property
+    def gated(self) -> bool:
+        """Whether this metric decides the verdict."""
+        return self.limit is not None
+
+    @property
     def passed(self) -> bool:
-        """Whether ``value op limit`` holds (NaN never passes)."""
+        """Whether ``value op limit`` holds (NaN never passes); a metric that is not a gate never fails."""
+        if self.limit is None:
+            return True
         return bool(self.value >= self.limit if self.op == ">=" else self.value <= self.limit)
+
+    @property
+    def result(self) -> str:
+        """``pass``, ``FAIL`` or ``not checked``."""
+        if not self.gated:
+            return "not checked"
+        return "pass" if self.passed else "FAIL"
+
+    @property
+    def tolerance(self) -> str:
+        """The gate as people read it (``>= 0.99``), or ``-`` for a metric that is not a gate."""
+        return "-" if self.limit is None else f"{self.op} {self.limit:g}"
+
+    @property
+    def far_off(self) -> bool:
+        """A metric that is not a gate lies beyond :data:`FAR_OFF` (NaN too): worth a warning."""
+        edge = FAR_OFF.get(self.metric)
+        if self.gated or edge is None:
+            return False
+        return not (self.value >= edge if self.op == ">=" else self.value <= edge)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form: the fields, ``gate``, ``result``, ``passed`` (``None`` when not a gate), ``far_off``."""
+        return {
+            **asdict(self),
+            "gate": self.gated,
+            "result": self.result,
+            "passed": self.passed if self.gated else None,
+            "far_off": self.far_off,
+        }
 
 
 def score(
@@ -42,26 +92,27 @@ def score(
     names = list(reference)
     tol = tolerances
     parity = compare_outputs(reference, candidate, names, atol=np.inf, min_cosine=tol.cosine)
-    checks = [Check("cosine", parity.cosine, tol.cosine, ">=")]
-    if tol.max_abs is not None:
-        checks.append(Check("max abs error", parity.max_abs, tol.max_abs, "<="))
-    if tol.max_rel is not None:
-        checks.append(Check("max rel error", parity.max_rel, tol.max_rel, "<="))
+    checks = [
+        Check("cosine", parity.cosine, tol.cosine, ">="),
+        Check("max abs error", parity.max_abs, tol.max_abs, "<="),
+        Check("max rel error", parity.max_rel, tol.max_rel, "<="),
+    ]
     checks.append(Check("new non-finite values", sum(p.nonfinite for p in parity.per_output), 0, "<="))
     details: dict[str, Any] = {}
     first = names[0]
     if task == "classify":
         details["top1_agreement"] = top1_agreement(reference[first], candidate[first])
-        if tol.top1 is not None:
-            checks.append(Check("top-1 agreement", details["top1_agreement"], tol.top1, ">="))
+        checks.append(Check("top-1 agreement", details["top1_agreement"], tol.top1, ">="))
     elif task == "detect":
         boxes = box_agreement(reference[first], candidate[first], iou=tol.box_iou)
         details["boxes"] = boxes.to_dict()
         details["anchor_box_agreement"] = anchor_box_agreement(
             reference[first], candidate[first], iou=tol.box_iou
         )
-        if tol.box_agreement is not None:
-            checks.append(Check("box agreement", boxes.agreement, tol.box_agreement, ">="))
+        checks.append(Check("box agreement", boxes.agreement, tol.box_agreement, ">="))
+        checks.append(
+            Check("anchor box agreement", details["anchor_box_agreement"], tol.anchor_box_agreement, ">=")
+        )
     return parity, checks, details
 
 

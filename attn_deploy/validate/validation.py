@@ -15,13 +15,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from attn_deploy.artifacts import load_artifact
 from attn_deploy.backends.base import Runner
 from attn_deploy.backends.ort import OrtRunner
 from attn_deploy.backends.torch_runner import TorchRunner
 from attn_deploy.config import ExportConfig, find_config, load_config, replace_config
 from attn_deploy.data.preprocess import PreprocessSpec
-from attn_deploy.errors import ConfigError, InputError
+from attn_deploy.errors import ConfigError, InputError, ModelNotFoundError
 from attn_deploy.models import create_model
 from attn_deploy.validate.compare import compare_runners
 from attn_deploy.validate.inputs import evaluation_images, user_images
@@ -39,6 +41,18 @@ def artifact_config(manifest: dict[str, Any]) -> ExportConfig:
         return load_config(find_config(target))
     except ConfigError:
         return load_config(f"ort-{manifest.get('precision', 'fp32')}")
+
+
+def reference_model(manifest: dict[str, Any]) -> torch.nn.Module:
+    """The zoo model the manifest names (with its weights), PyTorch's side of the comparison; an ``InputError``
+    for an artifact of one's own model, which validate cannot rebuild."""
+    try:
+        return create_model(manifest["model"], weights=manifest.get("weights"))
+    except ModelNotFoundError:
+        raise InputError(
+            f"'{manifest['model']}' is not a zoo model, so validate cannot rebuild its PyTorch reference; an "
+            "artifact of your own model was verified against PyTorch when it was exported (see its report.md)"
+        ) from None
 
 
 def validate_artifact(
@@ -79,7 +93,7 @@ def validate_artifact(
         inputs = user_images(image_dir, preprocess, num_images, batch)
         count, source = len(inputs), f"images from {image_dir}"
 
-    model = create_model(manifest["model"], weights=manifest.get("weights"))
+    model = reference_model(manifest)
     candidate_runner = runner or OrtRunner(artifact.onnx_path)
     reference_runner = TorchRunner(model, [entry["name"]], output_names)
     result = compare_runners(reference_runner, candidate_runner, entry["name"], inputs, batch, on_batch)
