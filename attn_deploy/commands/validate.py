@@ -49,6 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="validate on your own .jpg/.png images (all, or the first --images) instead of synthetic ones",
     )
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="rebuild an artifact exported with --checkpoint --trust-checkpoint or --module: runs that code again",
+    )
     p.set_defaults(func=run)
 
 
@@ -81,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             image_dir=args.image_dir,
             on_batch=lambda done, total: progress.update(task, completed=done, total=total),
+            trust=args.trust_checkpoint,
         )
 
     title = f"{report.model} / {report.target} ({report.backend}) vs PyTorch FP32"

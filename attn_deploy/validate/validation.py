@@ -1,6 +1,7 @@
 """Validate an artifact directory against PyTorch FP32: the check behind `attn-deploy validate`.
 
-The PyTorch model is recreated from the manifest (``model``, optional ``weights``); both run on the same
+The PyTorch model is recreated from the manifest (``model``, optional ``weights``, or its ``source``:
+:func:`attn_deploy.models.source.rebuild_model`); both run on the same
 synthetic images (a seed apart from the INT8 calibration set), or the user's own images (``--image-dir``),
 preprocessed as the manifest says (:mod:`attn_deploy.validate.inputs`). Both runners run batch by batch
 (:mod:`attn_deploy.validate.compare`); the outputs are scored against the target config's ``tolerances``
@@ -22,7 +23,7 @@ from attn_deploy.backends.torch_runner import TorchRunner
 from attn_deploy.config import ExportConfig, find_config, load_config, replace_config
 from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.errors import ConfigError, InputError
-from attn_deploy.models import create_model
+from attn_deploy.models.source import rebuild_model
 from attn_deploy.validate.compare import compare_runners
 from attn_deploy.validate.inputs import evaluation_images, user_images
 from attn_deploy.validate.report import ValidationReport, write_validation
@@ -51,12 +52,14 @@ def validate_artifact(
     image_dir: str | os.PathLike[str] | None = None,
     write: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
+    trust: bool = False,
 ) -> ValidationReport:
     """Compare the artifact's graph (``runner``, default ONNX Runtime CPU) with PyTorch FP32.
 
     The inputs are ``num_images`` synthetic images (``seed``), or with ``image_dir`` the user's own jpg/png
     images (all of them, or the first ``num_images``), preprocessed as the manifest says. ``on_batch(done,
-    total)`` reports progress. With ``write``, results are stored in the directory.
+    total)`` reports progress. With ``write``, results are stored in the directory. ``trust`` allows rebuilding a
+    model whose source runs code (``--trust-checkpoint``, ``--module``): a manifest alone never does.
     """
     start = time.perf_counter()
     artifact = load_artifact(directory)
@@ -79,7 +82,7 @@ def validate_artifact(
         inputs = user_images(image_dir, preprocess, num_images, batch)
         count, source = len(inputs), f"images from {image_dir}"
 
-    model = create_model(manifest["model"], weights=manifest.get("weights"))
+    model = rebuild_model(manifest, trust=trust)  # as exported: zoo, Ultralytics checkpoint, trusted, factory
     candidate_runner = runner or OrtRunner(artifact.onnx_path)
     reference_runner = TorchRunner(model, [entry["name"]], output_names)
     result = compare_runners(reference_runner, candidate_runner, entry["name"], inputs, batch, on_batch)
