@@ -72,29 +72,25 @@ INSERT_AT = {"before_sppf": 9, "after_sppf": 10, "neck": 16}
 """Where tests insert an attention layer: before SPPF, right after it, after the P3 output (layer 15)."""
 
 
-def yolov8_yaml(
-    scale: str, nc: int, attention: str | None = None, where: str = "after_sppf"
-) -> dict[str, Any]:
-    """The yaml dict a ``DetectionModel`` keeps, for ``yolov8{scale}.yaml`` with ``nc`` classes; with
-    ``attention`` (a class name below), one attention layer inserted at ``where`` (:data:`INSERT_AT`):
-    later layers that used the layer before it use the attention's output, as tutorials do."""
+def yolov8_yaml(scale: str, nc: int, attention: dict[str, str] | None = None) -> dict[str, Any]:
+    """The yaml dict a ``DetectionModel`` keeps, for ``yolov8{scale}.yaml`` with ``nc`` classes; ``attention`` maps
+    places of :data:`INSERT_AT` to attention class names (below), each inserted as its own layer there: later
+    layers that used the layer before it use the attention's output, as tutorials do."""
     cfg = copy.deepcopy(YOLOV8_YAML)
     cfg.update(nc=nc, scale=scale, yaml_file=f"yolov8{scale}.yaml", ch=3)
-    if attention is None:
-        return cfg
-    at = INSERT_AT[where]
     layers = cfg["backbone"] + cfg["head"]
+    backbone = len(cfg["backbone"])
+    for where in sorted(attention or {}, key=lambda w: -INSERT_AT[w]):  # from the back: indices stay valid
+        at = INSERT_AT[where]
 
-    def shift(f: int) -> int:
-        return f if f < 0 else f + 1 if f >= at else at if f == at - 1 else f
+        def shift(f: int, at: int = at) -> int:
+            return f if f < 0 else f + 1 if f >= at else at if f == at - 1 else f
 
-    for layer in layers[at:]:
-        layer[0] = [shift(f) for f in layer[0]] if isinstance(layer[0], list) else shift(layer[0])
-    layers.insert(at, [-1, 1, attention, [1024]])
-    cfg["backbone"], cfg["head"] = (
-        layers[: len(cfg["backbone"]) + (at <= 10)],
-        layers[len(cfg["backbone"]) + (at <= 10) :],
-    )
+        for layer in layers[at:]:
+            layer[0] = [shift(f) for f in layer[0]] if isinstance(layer[0], list) else shift(layer[0])
+        layers.insert(at, [-1, 1, attention[where], [1024]])  # type: ignore[index]
+        backbone += at <= 10
+    cfg["backbone"], cfg["head"] = layers[:backbone], layers[backbone:]
     return cfg
 
 
@@ -460,18 +456,19 @@ def fake_ultralytics() -> Iterator[None]:
 
 
 def build_model(
-    scale: str, nc: int, attention: str | None = None, where: str = "after_sppf", seed: int = 0
+    scale: str, nc: int, attention: dict[str, str] | None = None, seed: int = 0
 ) -> DetectionModel:
-    """A trained-looking ``DetectionModel``: seeded weights, BatchNorm statistics and affine away from their init,
-    class names set, eval mode, FP32."""
+    """A trained-looking ``DetectionModel`` (``attention``: see :func:`yolov8_yaml`): seeded weights, BatchNorm
+    statistics and affine away from their init, class names set, eval mode, FP32."""
     gen = torch.Generator().manual_seed(seed)
-    model = DetectionModel(yolov8_yaml(scale, nc, attention, where))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # weights: PyTorch's default (random) init, seeded
+        model = DetectionModel(yolov8_yaml(scale, nc, attention))
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "dfl" not in name:
+        for name, p in model.named_parameters():  # biases and BatchNorm affine away from their init too
+            if p.dim() == 1 and "dfl" not in name:
                 p.copy_(
-                    torch.randn(p.shape, generator=gen) * (0.5 / math.sqrt(max(1, p[0].numel())))
-                    + (1.0 if name.endswith("bn.weight") else 0.0)
+                    torch.randn(p.shape, generator=gen) * 0.1 + (1.0 if name.endswith("bn.weight") else 0.0)
                 )
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):

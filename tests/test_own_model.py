@@ -1,0 +1,275 @@
+"""Bring your own model (issue 10): Ultralytics checkpoints read without running their code, trusted checkpoints,
+module factories; provenance, validate's rebuild, Triton labels and server metadata; issue 16's untrained-attention
+warning.
+
+Checkpoints are written in Ultralytics' exact layout by ``tests/ultralytics_layout.py`` (an independent YOLOv8 in
+Ultralytics' code style and module paths, pickled in FP16); its forward pass is the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from attn_deploy.artifacts import load_artifact
+from attn_deploy.cli import main
+from attn_deploy.errors import ConfigError, WeightsError
+from attn_deploy.models.checkpoint import Record, read_checkpoint
+from attn_deploy.models.source import load_checkpoint, load_factory, load_zoo, rebuild_model
+from attn_deploy.models.ultralytics import read_ultralytics
+from attn_deploy.models.ultralytics_yaml import build_ultralytics
+from attn_deploy.models.weights import read_state_dict
+from attn_deploy.serve.labels import LABELS_FILE
+from attn_deploy.serve.triton_repo import write_triton_model
+from tests.conftest import ort_outputs
+from tests.ultralytics_layout import (
+    build_model,
+    fake_ultralytics,
+    reference_outputs,
+    save_checkpoint,
+    yolov8_yaml,
+)
+
+# Ours vs the independent forward, both FP32 on the same FP16-stored weights: the same ops in the same order give
+# 0.0 on one machine; 1e-4 relative to the outputs' magnitude (box coordinates up to ~640) leaves room for a
+# different summation order in another CPU's conv kernels (AVX2/AVX-512/AMX), far below any real mapping error.
+REL_TOL = 1e-4
+
+
+def _close(got: torch.Tensor | np.ndarray, ref: torch.Tensor) -> None:
+    got = torch.as_tensor(got)
+    assert got.shape == ref.shape
+    assert float((got - ref).abs().max()) <= REL_TOL * max(1.0, float(ref.abs().max()))
+
+
+class RunsCode:
+    """A pickle payload: unpickling it calls os.system, which would create ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+MIXED = [  # every attention type at every place, across four checkpoints
+    {"before_sppf": "SEAttention", "after_sppf": "CBAM", "neck": "ECAAttention"},
+    {"before_sppf": "CBAM", "after_sppf": "ECAAttention", "neck": "EMA"},
+    {"before_sppf": "ECAAttention", "after_sppf": "EMA", "neck": "SEAttention"},
+    {"before_sppf": "EMA", "after_sppf": "SEAttention", "neck": "CBAM"},
+]
+
+
+@pytest.fixture(scope="module")
+def stock_n(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
+    """A stock yolov8n (nc 3) and its best.pt."""
+    reference = build_model("n", 3)
+    return reference, save_checkpoint(reference, tmp_path_factory.mktemp("stock") / "best.pt")
+
+
+@pytest.mark.parametrize(
+    ("nc", "attention"), [(80, None), *[(3 if i else 80, a) for i, a in enumerate(MIXED)]]
+)
+def test_checkpoint_rebuilds_and_matches_independent_forward(
+    tmp_path: Path, nc: int, attention: dict[str, str] | None
+) -> None:
+    reference = build_model("n", nc, attention, seed=nc)
+    path = save_checkpoint(reference, tmp_path / "best.pt")
+    checkpoint = read_ultralytics(path)
+    model, arch = build_ultralytics(checkpoint)
+    assert arch == ("yolov8n" if attention is None else "yolov8n-yaml")
+    assert (
+        checkpoint.num_classes == nc
+        and checkpoint.names[-1] == f"class{nc - 1}"
+        and checkpoint.form == "final"
+    )
+    x = torch.rand(1, 3, 32, 64, generator=torch.Generator().manual_seed(1))  # not the 640 it "trained" at
+    with torch.inference_mode():
+        _close(model(x), reference_outputs(reference, x))
+
+
+@pytest.mark.parametrize("scale", ["s", "m"])
+def test_larger_scales_and_mid_training_form(tmp_path: Path, scale: str) -> None:
+    reference = build_model(scale, 80)
+    path = save_checkpoint(reference, tmp_path / "last.pt", final=False)  # "model" None, "ema" + optimizer
+    loaded = load_checkpoint(path)
+    assert loaded.source["form"] == "training" and loaded.spec.num_classes == 80
+    assert loaded.source["arch"] == f"yolov8{scale}"
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        _close(loaded.model(x), reference_outputs(reference, x))
+
+
+def test_reduce_payload_runs_nothing(stock_n: tuple[torch.nn.Module, Path], tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    path = save_checkpoint(stock_n[0], tmp_path / "evil.pt", payload=RunsCode(marker))
+    obj = read_checkpoint(path)
+    record = obj["train_args"]["callback"]
+    assert isinstance(record, Record) and record.args == (
+        f"touch {marker}",
+    )  # os.system kept as an inert record
+    read_state_dict(path)  # what --model NAME --weights evil.pt reads
+    load_checkpoint(path)  # what --weights evil.pt / --checkpoint evil.pt read
+    plain = tmp_path / "plain-evil.pt"
+    torch.save({"state": RunsCode(marker)}, plain)
+    assert (
+        main(["export", "--checkpoint", str(plain), "--out", str(tmp_path)]) == 2
+    )  # not Ultralytics: refused
+    assert main(["export", "--model", "yolov8n", "--weights", str(plain), "--out", str(tmp_path)]) == 2
+    assert not marker.exists()
+
+
+def test_only_trust_checkpoint_unpickles_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reference = build_model("n", 3, {"neck": "SEAttention"})
+    path = tmp_path / "model.pt"
+    with fake_ultralytics():
+        torch.save(reference.half(), path)  # a bare pickled DetectionModel: not a training checkpoint
+    assert main(["export", "--checkpoint", str(path), "--out", str(tmp_path)]) == 2
+    assert "--trust-checkpoint" in capsys.readouterr().err
+    with fake_ultralytics():  # its classes importable, as with the ultralytics package installed
+        loaded = load_checkpoint(path, trust=True, imgsz=(64, 64))
+    assert (
+        loaded.spec.task == "detect" and loaded.source["nc"] == 3 and loaded.source["output"] == "y of (y, x)"
+    )
+    assert loaded.source["names"] == ["class0", "class1", "class2"]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        _close(loaded.model(x), reference_outputs(reference, x))
+    manifest = {"model": "model", "source": loaded.source, "preprocess": {"size": [64, 64]}}
+    with pytest.raises(ConfigError, match="--trust-checkpoint"):
+        rebuild_model(manifest)  # a manifest alone never runs code
+
+
+def test_unknown_module_missing_tensor_and_shape_mismatch_are_one_line(tmp_path: Path) -> None:
+    model = build_model("n", 3, {"neck": "SEAttention"})
+    model.yaml["head"][1][2] = "BiFPN_Concat"
+    with pytest.raises(WeightsError, match="unknown module types in the model yaml: BiFPN_Concat"):
+        build_ultralytics(read_ultralytics(save_checkpoint(model, tmp_path / "a.pt")))
+    model.yaml = yolov8_yaml("n", 3, {"neck": "SEAttention"})
+    del model.model[16].fc[2]._parameters["weight"]  # the SE layer's second Linear lost its weight
+    with pytest.raises(WeightsError, match=r"ours unfilled: fc\.2\.weight"):
+        build_ultralytics(read_ultralytics(save_checkpoint(model, tmp_path / "b.pt")))
+    model = build_model("n", 3)
+    model.yaml = yolov8_yaml("s", 3)  # the tensors of an n under the yaml of an s
+    with pytest.raises(WeightsError, match=r"shape mismatch: model\.0\.conv\.weight"):
+        build_ultralytics(read_ultralytics(save_checkpoint(model, tmp_path / "c.pt")))
+    assert main(["export", "--weights", str(tmp_path / "c.pt"), "--out", str(tmp_path)]) == 2
+
+
+def test_zoo_model_takes_an_ultralytics_checkpoint_as_weights(stock_n: tuple[torch.nn.Module, Path]) -> None:
+    reference, path = stock_n
+    loaded = load_zoo("yolov8n-none", path)
+    assert loaded.spec.num_classes == 3 and loaded.source["sha256"]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        _close(loaded.model(x), reference_outputs(reference, x))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    """``attn-deploy export --weights best.pt --dynamic --imgsz 64`` of a yolov8n (nc 3) with EMA in the neck."""
+    tmp = tmp_path_factory.mktemp("own")
+    reference = build_model("n", 3, {"neck": "EMA"}, seed=5)
+    path = save_checkpoint(reference, tmp / "best.pt")
+    assert (
+        main(["export", "--weights", str(path), "--imgsz", "64", "--dynamic", "--out", str(tmp / "engines")])
+        == 0
+    )
+    return tmp / "engines" / "best" / "ort-fp32", reference
+
+
+def test_exported_checkpoint_matches_independent_forward_at_unseen_shapes(
+    exported: tuple[Path, torch.nn.Module],
+) -> None:
+    artifact, reference = exported
+    for shape in ((2, 3, 96, 64), (1, 3, 128, 160)):
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)))
+        _close(ort_outputs(artifact / "model.onnx", [x])[0], reference_outputs(reference, x))
+
+
+def test_provenance_validate_and_labels(exported: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    artifact, _ = exported
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    source = manifest["source"]
+    assert source["kind"] == "ultralytics" and source["arch"] == "yolov8n-yaml" and source["nc"] == 3
+    assert source["names"] == ["class0", "class1", "class2"] and len(source["sha256"]) == 64
+    assert "no code" in source["trust"] and manifest["task"] == "detect"
+    assert (
+        main(["validate", str(artifact), "--images", "2"]) == 0
+    )  # rebuilt from the checkpoint, boxes scored
+    triton = write_triton_model(load_artifact(artifact), tmp_path / "repo")
+    assert (triton.directory / LABELS_FILE).read_text() == "class0\nclass1\nclass2\n"
+    assert f'label_filename: "{LABELS_FILE}"' in (triton.directory / "config.pbtxt").read_text()
+
+
+def test_factory_module_exports_and_validate_needs_trust(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mynet.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from torch import nn
+
+            def build():
+                torch.manual_seed(0)
+                net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                    nn.Linear(8, 4))
+                net.names = ["cat", "dog", "fox", "owl"]
+                return net
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert main(["export", "--module", "mynet:build", "--imgsz", "32", "--out", "engines"]) == 0
+    artifact = tmp_path / "engines" / "build" / "ort-fp32"
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["source"]["module"] == "mynet:build" and manifest["task"] == "classify"
+    assert manifest["source"]["names"] == ["cat", "dog", "fox", "owl"]
+    assert main(["validate", str(artifact), "--images", "2"]) == 2  # importing the module again needs consent
+    assert main(["validate", str(artifact), "--images", "2", "--trust-checkpoint"]) == 0
+    with pytest.raises(ConfigError, match=r"package\.module:factory"):
+        load_factory("mynet.build")
+
+
+def test_changed_checkpoint_is_refused_by_rebuild(
+    stock_n: tuple[torch.nn.Module, Path], tmp_path: Path
+) -> None:
+    path = tmp_path / "best.pt"
+    path.write_bytes(stock_n[1].read_bytes())
+    loaded = load_checkpoint(path)
+    path.write_bytes(path.read_bytes() + b"\0")  # retrained, edited, replaced: other bytes
+    with pytest.raises(WeightsError, match="changed since the export"):
+        rebuild_model({"model": "best", "source": loaded.source})
+
+
+def test_plain_resnet_weights_in_resnet_se_warn_and_are_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from attn_deploy.models import create_model
+
+    path = tmp_path / "resnet18.pt"
+    torch.save(create_model("resnet18-none", num_classes=10, calibrate=False).state_dict(), path)
+    with caplog.at_level(logging.WARNING):
+        loaded = load_zoo("resnet18-se", path)
+    assert "random init" in caplog.text
+    untrained = loaded.source["attention_at_init"]
+    assert untrained["tensors"] > 0 and "attn" in untrained["first"][0]
+
+
+def test_source_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "--out", str(tmp_path)]) == 2
+    assert main(["export", "--model", "yolov8n", "--module", "a:b"]) == 2
+    assert main(["export", "--weights", "x.pt", "--trust-checkpoint"]) == 2
+    assert main(["export", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "name one model source" in err and "not found" in err and "Traceback" not in err
