@@ -266,10 +266,24 @@ def test_plain_resnet_weights_in_resnet_se_warn_and_are_recorded(
     assert untrained["tensors"] > 0 and "attn" in untrained["first"][0]
 
 
-def test_source_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_hostile_sources_are_one_line_errors(
+    stock_n: tuple[torch.nn.Module, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["export", "--out", str(tmp_path)]) == 2
     assert main(["export", "--model", "yolov8n", "--module", "a:b"]) == 2
     assert main(["export", "--weights", "x.pt", "--trust-checkpoint"]) == 2
     assert main(["export", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    truncated = tmp_path / "cut.pt"
+    truncated.write_bytes(stock_n[1].read_bytes()[:100_000])
+    assert main(["export", "--weights", str(truncated)]) == 2
+    assert main(["export", "--weights", str(stock_n[1]), "--name", "../up", "--out", str(tmp_path)]) == 2
+    assert main(["export", "--module", "os:getcwd", "--out", str(tmp_path)]) == 2  # not a module: refused
     err = capsys.readouterr().err
-    assert "name one model source" in err and "not found" in err and "Traceback" not in err
+    assert "name one model source" in err and "not found" in err and "not a torch zip checkpoint" in err
+    assert (
+        "cannot be a file or folder name" in err and "not a torch.nn.Module" in err and "Traceback" not in err
+    )
+    model = build_model("n", 3)
+    model.yaml["backbone"][2][1] = 10**9  # a hostile yaml: a billion bottlenecks
+    with pytest.raises(WeightsError, match=r"repeats must be an integer in 1\.\.64"):
+        build_ultralytics(read_ultralytics(save_checkpoint(model, tmp_path / "huge.pt")))

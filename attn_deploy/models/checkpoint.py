@@ -124,8 +124,17 @@ def _rebuild_tensor_v2(
     backward_hooks: Any = None,
     metadata: Any = None,
 ) -> torch.Tensor:
-    """``torch._utils._rebuild_tensor_v2`` over our 1-D storage view (hooks and metadata dropped)."""
-    return storage.as_strided(tuple(size), tuple(stride), storage.storage_offset() + int(storage_offset))
+    """``torch._utils._rebuild_tensor_v2`` over our 1-D storage view (hooks and metadata dropped); the view must
+    lie inside its own storage record (torch checks only the whole mapped file)."""
+    size, stride, offset = tuple(size), tuple(stride), int(storage_offset)
+    if len(size) != len(stride) or offset < 0 or any(d < 0 for d in (*size, *stride)):
+        raise pickle.UnpicklingError(f"tensor with size {size}, stride {stride}, offset {offset}")
+    last = offset + sum((d - 1) * s for d, s in zip(size, stride, strict=True)) if all(size) else -1
+    if last >= storage.numel():
+        raise pickle.UnpicklingError(
+            f"tensor of size {size} reaches past its storage of {storage.numel()} elements"
+        )
+    return storage.as_strided(size, stride, storage.storage_offset() + offset)
 
 
 def _rebuild_tensor_v3(

@@ -30,6 +30,8 @@ from attn_deploy.models.ultralytics import UltralyticsCheckpoint
 from attn_deploy.models.yolov8 import SPPF, STRIDES, C2f, Concat, Conv, Detect
 
 Source = int | list[int]
+MAX_REPEATS, MAX_CHANNELS = 64, 8192
+"""Bounds of a yaml's repeats and channels (YOLOv8x: 9 and 640): what a checkpoint's tensors could fill."""
 _BASIC = {"Conv", "C2f", "SPPF", "nn.Upsample", "Concat", "Detect"}
 
 
@@ -142,16 +144,20 @@ def build_from_yaml(
             ]
         except (IndexError, TypeError):
             raise WeightsError(f"{where}: 'from' names a layer that does not exist yet") from None
-        if not isinstance(repeats, int) or repeats < 1:
-            raise WeightsError(f"{where}: repeats must be a positive integer")
+        if (
+            not isinstance(repeats, int) or not 1 <= repeats <= MAX_REPEATS
+        ):  # a hostile yaml must not build for ever
+            raise WeightsError(f"{where}: repeats must be an integer in 1..{MAX_REPEATS}")
         n = max(round(repeats * depth), 1) if repeats > 1 else repeats
 
         layer: nn.Module
         kind = attention_kind(str(name))
         if name in ("Conv", "C2f", "SPPF") and (n == 1 or name == "C2f"):
             c_out = args[0] if args else None
-            if not isinstance(c_out, int) or c_out < 1:
-                raise WeightsError(f"{where}: output channels {c_out!r} is not a positive integer")
+            if not isinstance(c_out, int) or not 1 <= c_out <= MAX_CHANNELS:
+                raise WeightsError(
+                    f"{where}: output channels {c_out!r} is not an integer in 1..{MAX_CHANNELS}"
+                )
             c_in = inputs[0]
             c_out = c_out if c_out == nc else math.ceil(min(c_out, max_channels) * width / 8) * 8
             layer = _basic(str(name), c_in, c_out, args, n, where)

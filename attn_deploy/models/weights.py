@@ -105,9 +105,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> Mapping[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any failure to decode the user's bytes: KeyError, EOFError, ...
         if zipfile.is_zipfile(path):  # an Ultralytics best.pt: its tensors, read without running its code
-            checkpoint = read_checkpoint(path)
-            if is_ultralytics(checkpoint):
-                return read_ultralytics(path, checkpoint).state
+            state = _ultralytics_state(path)
+            if state is not None:
+                return state
         raise WeightsError(
             f"cannot read weights '{path}' as a plain state_dict "
             f"({type(exc).__name__}: {exception_summary(exc, limit=160)}); "
@@ -128,6 +128,15 @@ def read_state_dict(path: str | os.PathLike[str]) -> Mapping[str, torch.Tensor]:
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k.removeprefix("module."): v for k, v in obj.items()}
     return obj
+
+
+def _ultralytics_state(path: Path) -> dict[str, torch.Tensor] | None:
+    """The state_dict of the Ultralytics checkpoint at ``path``, ``None`` when it is not one (or unreadable)."""
+    try:
+        checkpoint = read_checkpoint(path)
+    except WeightsError:
+        return None
+    return read_ultralytics(path, checkpoint).state if is_ultralytics(checkpoint) else None
 
 
 def _first(keys: list[str]) -> str:
