@@ -28,6 +28,7 @@ from attn_deploy.models.ultralytics import read_ultralytics
 from attn_deploy.models.ultralytics_yaml import build_ultralytics
 from attn_deploy.models.weights import read_state_dict
 from attn_deploy.serve.labels import LABELS_FILE
+from attn_deploy.serve.model_pool import ModelPool, ServeOptions
 from attn_deploy.serve.triton_repo import write_triton_model
 from tests.conftest import ort_outputs
 from tests.ultralytics_layout import (
@@ -208,6 +209,12 @@ def test_provenance_validate_and_labels(exported: tuple[Path, torch.nn.Module], 
     triton = write_triton_model(load_artifact(artifact), tmp_path / "repo")
     assert (triton.directory / LABELS_FILE).read_text() == "class0\nclass1\nclass2\n"
     assert f'label_filename: "{LABELS_FILE}"' in (triton.directory / "config.pbtxt").read_text()
+    pool = ModelPool([artifact], ServeOptions(threads=1))
+    try:
+        metadata = pool.get("best").metadata()
+    finally:
+        pool.close()
+    assert json.loads(metadata["parameters"]["class_names"]) == ["class0", "class1", "class2"]
 
 
 def test_factory_module_exports_and_validate_needs_trust(

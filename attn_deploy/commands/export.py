@@ -129,7 +129,6 @@ def run(args: argparse.Namespace) -> int:
             loaded = load_own_model(args)
             artifact, result = export_loaded_model(loaded, on_stage=on_stage, **options)
     print_export_summary(artifact, result)
-    print_source_warnings(artifact.manifest)
     return 0
 
 
@@ -177,17 +176,6 @@ def load_own_model(args: argparse.Namespace) -> LoadedModel:
         return load_factory(args.module, task=args.task, imgsz=imgsz, name=args.name)
     path = args.checkpoint or args.weights
     return load_checkpoint(path, trust=args.trust_checkpoint, task=args.task, imgsz=imgsz, name=args.name)
-
-
-def print_source_warnings(manifest: dict) -> None:
-    """Warnings about where the model came from (attention left at its random init)."""
-    source = manifest.get("source") or {}
-    untrained = source.get("attention_at_init")
-    if untrained:
-        console.print(
-            f"[yellow]warning:[/] the weights hold no attention tensors: {untrained['tensors']} attention tensors "
-            "keep their random init (untrained attention; recorded in manifest.json as source.attention_at_init)"
-        )
 
 
 def print_export_summary(artifact: Artifact, result: ExportResult) -> None:
