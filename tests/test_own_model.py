@@ -61,11 +61,12 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-MIXED = [  # every attention type at every place, across four checkpoints
+MIXED = [  # SE/CBAM/ECA/EMA at every place across four checkpoints; CoordAtt and SimAM in a fifth
     {"before_sppf": "SEAttention", "after_sppf": "CBAM", "neck": "ECAAttention"},
     {"before_sppf": "CBAM", "after_sppf": "ECAAttention", "neck": "EMA"},
     {"before_sppf": "ECAAttention", "after_sppf": "EMA", "neck": "SEAttention"},
     {"before_sppf": "EMA", "after_sppf": "SEAttention", "neck": "CBAM"},
+    {"before_sppf": "CoordAtt", "after_sppf": "SimAM", "neck": "CoordAtt"},
 ]
 
 

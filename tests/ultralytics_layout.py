@@ -340,9 +340,87 @@ class EMA(nn.Module):
         return (group_x * weights.sigmoid()).reshape(b, c, h, w)
 
 
-ATTENTION = {"SEAttention": SEAttention, "CBAM": CBAMBlock, "ECAAttention": ECAAttention, "EMA": EMA}
-"""yaml spelling -> class; the options each test uses (SE/CBAM reduction 16, ECA k 3, EMA factor 8)."""
-_ATTENTION_ARGS = {"SEAttention": {}, "CBAM": {}, "ECAAttention": {"k_size": 3}, "EMA": {"factor": 8}}
+class h_sigmoid(nn.Module):  # the official CoordAtt code's names
+    def __init__(self, inplace: bool = True):
+        super().__init__()
+        self.relu = nn.ReLU6(inplace=inplace)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(x + 3) / 6
+
+
+class h_swish(nn.Module):
+    def __init__(self, inplace: bool = True):
+        super().__init__()
+        self.sigmoid = h_sigmoid(inplace=inplace)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.sigmoid(x)
+
+
+class CoordAtt(nn.Module):
+    """The official CoordAtt (Hou et al.), ``oup = inp``."""
+
+    def __init__(self, inp: int, reduction: int = 32):
+        super().__init__()
+        self.pool_h = nn.AdaptiveAvgPool2d((None, 1))
+        self.pool_w = nn.AdaptiveAvgPool2d((1, None))
+        mip = max(8, inp // reduction)
+        self.conv1 = nn.Conv2d(inp, mip, kernel_size=1, stride=1, padding=0)
+        self.bn1 = nn.BatchNorm2d(mip)
+        self.act = h_swish()
+        self.conv_h = nn.Conv2d(mip, inp, kernel_size=1, stride=1, padding=0)
+        self.conv_w = nn.Conv2d(mip, inp, kernel_size=1, stride=1, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        _, _, h, w = x.size()
+        x_h = self.pool_h(x)
+        x_w = self.pool_w(x).permute(0, 1, 3, 2)
+        y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2))))
+        x_h, x_w = torch.split(y, [h, w], dim=2)
+        a_h = self.conv_h(x_h).sigmoid()
+        a_w = self.conv_w(x_w.permute(0, 1, 3, 2)).sigmoid()
+        return identity * a_w * a_h
+
+
+class SimAM(nn.Module):
+    """The official ``simam_module``."""
+
+    def __init__(self, channels: int | None = None, e_lambda: float = 1e-4):
+        super().__init__()
+        self.activaton = nn.Sigmoid()
+        self.e_lambda = e_lambda
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = x.size()
+        n = w * h - 1
+        x_minus_mu_square = (x - x.mean(dim=[2, 3], keepdim=True)).pow(2)
+        y = (
+            x_minus_mu_square / (4 * (x_minus_mu_square.sum(dim=[2, 3], keepdim=True) / n + self.e_lambda))
+            + 0.5
+        )
+        return x * self.activaton(y)
+
+
+ATTENTION = {
+    "SEAttention": SEAttention,
+    "CBAM": CBAMBlock,
+    "ECAAttention": ECAAttention,
+    "EMA": EMA,
+    "CoordAtt": CoordAtt,
+    "SimAM": SimAM,
+}
+"""yaml spelling -> class; the options each test uses (SE/CBAM reduction 16, ECA k 3, EMA factor 8, CoordAtt
+reduction 16, SimAM lambda 1e-3)."""
+_ATTENTION_ARGS = {
+    "SEAttention": {},
+    "CBAM": {},
+    "ECAAttention": {"k_size": 3},
+    "EMA": {"factor": 8},
+    "CoordAtt": {"reduction": 16},
+    "SimAM": {"e_lambda": 1e-3},
+}
 
 
 # ----- ultralytics.nn.tasks
@@ -423,6 +501,10 @@ _MODULES = {
     "ultralytics.nn.modules.head": (Detect,),
     "ultralytics.nn.modules.attention": (
         SEAttention,
+        CoordAtt,
+        h_sigmoid,
+        h_swish,
+        SimAM,
         ChannelAttentionModule,
         SpatialAttentionModule,
         CBAMBlock,
@@ -509,7 +591,7 @@ def save_checkpoint(model: DetectionModel, path: str | Path, final: bool = True,
 
 
 def reference_outputs(model: DetectionModel, x: torch.Tensor) -> torch.Tensor:
-    """The independent forward pass: FP16-rounded weights (as stored) run in FP32; the ``y`` of ``(y, x)``."""
-    ref = copy.deepcopy(model).half().float().eval()
+    """The independent forward pass on the weights as stored (FP16, run in FP32: ``model``'s own weights are
+    rounded to FP16 in place); the ``y`` of ``(y, x)``."""
     with torch.inference_mode():
-        return ref(x)[0]
+        return model.half().float().eval()(x)[0]
