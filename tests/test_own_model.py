@@ -23,7 +23,7 @@ from attn_deploy.artifacts import load_artifact
 from attn_deploy.cli import main
 from attn_deploy.errors import ConfigError, WeightsError
 from attn_deploy.models.checkpoint import Record, read_checkpoint
-from attn_deploy.models.source import load_checkpoint, load_factory, load_zoo, rebuild_model
+from attn_deploy.models.source import default_name, load_checkpoint, load_factory, load_zoo, rebuild_model
 from attn_deploy.models.ultralytics import read_ultralytics
 from attn_deploy.models.ultralytics_yaml import build_ultralytics
 from attn_deploy.models.weights import read_state_dict
@@ -295,3 +295,8 @@ def test_hostile_sources_are_one_line_errors(
     model.yaml["backbone"][2][1] = 10**9  # a hostile yaml: a billion bottlenecks
     with pytest.raises(WeightsError, match=r"repeats must be an integer in 1\.\.64"):
         build_ultralytics(read_ultralytics(save_checkpoint(model, tmp_path / "huge.pt")))
+
+
+def test_default_artifact_names() -> None:
+    assert default_name(Path("runs/detect/train3/weights/best.pt")) == "train3-best"
+    assert default_name(Path("/models/last.pt")) == "last"

@@ -69,7 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "from its output: (B, classes) or (B, 4+nc, anchors) / Ultralytics' (y, x))",
     )
     own.add_argument(
-        "--name", default=None, help="artifact name (default: the checkpoint's file stem or factory)"
+        "--name",
+        default=None,
+        help="artifact name (default: the checkpoint's stem, <run>-best for <run>/weights/best.pt, or the "
+        "factory's name)",
     )
     p.add_argument("--out", default="engines", help="output root (default engines/)")
     p.add_argument("--no-simplify", dest="simplify", action="store_false", help="skip onnxslim")

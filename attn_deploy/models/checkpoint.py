@@ -38,6 +38,8 @@ import torch
 
 from attn_deploy.errors import WeightsError, exception_summary
 
+MAX_PICKLE_BYTES = 256 << 20
+"""Largest ``data.pkl`` read (tensors live outside it: a yolov8m's is ~100 KB)."""
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header: 30 bytes, name and extra lengths last
 
 _STORAGE_DTYPES = {
@@ -221,6 +223,12 @@ class _Archive:
                     "pass a file written by torch.save"
                 )
             self.prefix = pickles[0].removesuffix("data.pkl")
+            if (
+                self.infos[pickles[0]].file_size > MAX_PICKLE_BYTES
+            ):  # a zip bomb, not a model's pickle (~100 KB)
+                raise WeightsError(
+                    f"'{path}' has a {self.infos[pickles[0]].file_size} byte pickle; not a checkpoint"
+                )
             self.pickle = zf.read(pickles[0])
             order = self.infos.get(self.prefix + "byteorder")
             if order is not None and zf.read(order).strip() != b"little":

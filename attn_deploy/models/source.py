@@ -67,6 +67,14 @@ def load_zoo(name: str, weights: str | os.PathLike[str] | None = None) -> Loaded
     return LoadedModel(model, spec, source)
 
 
+def default_name(path: Path) -> str:
+    """The artifact name of a checkpoint: its stem, or ``<run>-<stem>`` for Ultralytics' ``<run>/weights/best.pt``
+    (so ``runs/detect/train3/weights/best.pt`` becomes ``train3-best`` and two runs do not overwrite each other)."""
+    if path.parent.name == "weights" and path.parent.parent.name:
+        return f"{path.parent.parent.name}-{path.stem}"
+    return path.stem
+
+
 def _spec(
     name: str, arch: str, attention: str, task: Task, num_classes: int, size: tuple[int, int]
 ) -> ModelSpec:
@@ -101,7 +109,12 @@ def load_ultralytics(path: str | os.PathLike[str], name: str | None = None, obj:
     size = checkpoint.train_imgsz or YOLO.input_size[0]
     size = size if size % 32 == 0 else YOLO.input_size[0]
     spec = _spec(
-        name or path.stem, arch, "+".join(kinds) or "none", "detect", checkpoint.num_classes, (size, size)
+        name or default_name(path),
+        arch,
+        "+".join(kinds) or "none",
+        "detect",
+        checkpoint.num_classes,
+        (size, size),
     )
     source = _file_source(
         "ultralytics",
@@ -211,7 +224,7 @@ def load_trusted_checkpoint(
             "for a state_dict use --model NAME --weights PATH"
         )
     model, task, num_classes, size = _own_model(module, task, imgsz, f"the model in '{path}'")
-    spec = _spec(name or path.stem, type(module).__name__, "unknown", task, num_classes, size)
+    spec = _spec(name or default_name(path), type(module).__name__, "unknown", task, num_classes, size)
     source = _file_source(
         "trusted-checkpoint",
         path,
