@@ -233,6 +233,25 @@ def test_factory_module_exports_and_validate_needs_trust(
                                     nn.Linear(8, 4))
                 net.names = ["cat", "dog", "fox", "owl"]
                 return net
+
+            class TinyDetector(nn.Module):  # Ultralytics-style eval output: (y, x), y = (B, 4 + nc, anchors)
+                def __init__(self):
+                    super().__init__()
+                    self.p3 = nn.Conv2d(3, 8, 3, 8, 1)
+                    self.p4 = nn.Conv2d(8, 8, 3, 2, 1)
+                    self.p5 = nn.Conv2d(8, 8, 3, 2, 1)
+                    self.head = nn.Conv2d(8, 6, 1)
+
+                def forward(self, x):
+                    p3 = self.p3(x).relu()
+                    p4 = self.p4(p3).relu()
+                    feats = [self.head(p) for p in (p3, p4, self.p5(p4).relu())]
+                    y = torch.cat([f.flatten(2) for f in feats], 2)
+                    return torch.cat([y[:, :2].sigmoid() * 64, y[:, 2:4].sigmoid() * 16, y[:, 4:].sigmoid()], 1), feats
+
+            def build_detector():
+                torch.manual_seed(0)
+                return TinyDetector()
             """
         )
     )
@@ -245,6 +264,15 @@ def test_factory_module_exports_and_validate_needs_trust(
     assert manifest["source"]["names"] == ["cat", "dog", "fox", "owl"]
     assert main(["validate", str(artifact), "--images", "2"]) == 2  # importing the module again needs consent
     assert main(["validate", str(artifact), "--images", "2", "--trust-checkpoint"]) == 0
+    assert (
+        main(["export", "--module", "mynet:build_detector", "--imgsz", "64", "--dynamic", "--out", "engines"])
+        == 0
+    )
+    artifact = tmp_path / "engines" / "build_detector" / "ort-fp32"
+    source = json.loads((artifact / "manifest.json").read_text())["source"]
+    assert source["task"] == "detect" and source["nc"] == 2 and source["output"] == "y of (y, x)"
+    assert main(["validate", str(artifact), "--images", "2", "--trust-checkpoint"]) == 0
+    assert "box_agreement" in (artifact / "validation.json").read_text()  # boxes scored
     with pytest.raises(ConfigError, match=r"package\.module:factory"):
         load_factory("mynet.build")
 
