@@ -286,6 +286,13 @@ def test_changed_checkpoint_is_refused_by_rebuild(
     path.write_bytes(path.read_bytes() + b"\0")  # retrained, edited, replaced: other bytes
     with pytest.raises(WeightsError, match="changed since the export"):
         rebuild_model({"model": "best", "source": loaded.source})
+    zoo = {
+        "model": "yolov8n-none",
+        "weights": str(path),
+        "source": {"kind": "zoo", "sha256": loaded.source["sha256"]},
+    }
+    with pytest.raises(WeightsError, match="changed since the export"):
+        rebuild_model(zoo)  # --model NAME --weights: the same check
 
 
 def test_plain_resnet_weights_in_resnet_se_warn_and_are_recorded(

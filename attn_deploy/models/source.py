@@ -342,7 +342,10 @@ def rebuild_model(manifest: dict[str, Any], *, trust: bool = False) -> nn.Module
     """
     source = manifest.get("source") if isinstance(manifest.get("source"), dict) else None
     if source is None or source.get("kind") == "zoo":
-        return create_model(str(manifest["model"]), weights=manifest.get("weights"))
+        weights = manifest.get("weights")
+        if weights and source and source.get("sha256") and _changed(Path(str(weights)), source["sha256"]):
+            raise WeightsError(f"weights '{weights}' changed since the export (sha256 differs); re-export")
+        return create_model(str(manifest["model"]), weights=weights)
     kind = source.get("kind")
     if kind not in ("ultralytics", "trusted-checkpoint", "module"):
         raise InputError(f"the manifest's source kind {kind!r} is unknown; re-export with attn-deploy")
@@ -367,8 +370,14 @@ def rebuild_model(manifest: dict[str, Any], *, trust: bool = False) -> nn.Module
         raise WeightsError(
             f"checkpoint '{path}' the artifact was exported from is gone; restore it or re-export"
         )
-    if sha256_file(path) != source.get("sha256"):
+    if _changed(path, source.get("sha256")):
         raise WeightsError(f"checkpoint '{path}' changed since the export (sha256 differs); re-export it")
     if kind == "ultralytics":
         return load_ultralytics(path).model
     return load_trusted_checkpoint(path, task=task, imgsz=imgsz).model
+
+
+def _changed(path: Path, sha256: Any) -> bool:
+    """True when the file at ``path`` no longer has the ``sha256`` recorded at export (a missing file counts as
+    unchanged here: loading it then says it is not found)."""
+    return path.is_file() and sha256_file(path) != sha256
