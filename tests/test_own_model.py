@@ -62,10 +62,10 @@ class RunsCode:
 
 
 MIXED = [  # SE/CBAM/ECA/EMA at every place across four checkpoints; CoordAtt and SimAM in a fifth
-    {"before_sppf": "SEAttention", "after_sppf": "CBAM", "neck": "ECAAttention"},
-    {"before_sppf": "CBAM", "after_sppf": "ECAAttention", "neck": "EMA"},
+    {"before_sppf": "SEAttention", "after_sppf": "CBAMBlock", "neck": "ECAAttention"},
+    {"before_sppf": "CBAMBlock", "after_sppf": "ECAAttention", "neck": "EMA"},
     {"before_sppf": "ECAAttention", "after_sppf": "EMA", "neck": "SEAttention"},
-    {"before_sppf": "EMA", "after_sppf": "SEAttention", "neck": "CBAM"},
+    {"before_sppf": "EMA", "after_sppf": "SEAttention", "neck": "CBAMBlock"},
     {"before_sppf": "CoordAtt", "after_sppf": "SimAM", "neck": "CoordAtt"},
 ]
 
@@ -159,6 +159,11 @@ def test_unknown_module_missing_tensor_and_shape_mismatch_are_one_line(tmp_path:
     del model.model[16].fc[2]._parameters["weight"]  # the SE layer's second Linear lost its weight
     with pytest.raises(WeightsError, match=r"ours unfilled: fc\.2\.weight"):
         build_ultralytics(read_ultralytics(save_checkpoint(model, tmp_path / "b.pt")))
+    ultralytics_cbam = save_checkpoint(build_model("n", 3, {"neck": "CBAM"}), tmp_path / "u.pt")
+    with pytest.raises(
+        WeightsError, match=r"do not fit attn-deploy's cbam .*theirs unused: channel_attention\.fc"
+    ):
+        build_ultralytics(read_ultralytics(ultralytics_cbam))  # Ultralytics' own CBAM computes something else
     model = build_model("n", 3)
     model.yaml = yolov8_yaml("s", 3)  # the tensors of an n under the yaml of an s
     with pytest.raises(WeightsError, match=r"shape mismatch: model\.0\.conv\.weight"):
@@ -273,6 +278,19 @@ def test_factory_module_exports_and_validate_needs_trust(
     assert source["task"] == "detect" and source["nc"] == 2 and source["output"] == "y of (y, x)"
     assert main(["validate", str(artifact), "--images", "2", "--trust-checkpoint"]) == 0
     assert "box_agreement" in (artifact / "validation.json").read_text()  # boxes scored
+    fp16 = [
+        "export",
+        "--module",
+        "mynet:build_detector",
+        "--imgsz",
+        "64",
+        "--precision",
+        "fp16",
+        "--out",
+        "engines",
+    ]
+    assert main(fp16) == 0  # the precision configs take one's own models too
+    assert json.loads((artifact.parent / "ort-fp16" / "manifest.json").read_text())["precision"] == "fp16"
     with pytest.raises(ConfigError, match=r"package\.module:factory"):
         load_factory("mynet.build")
 

@@ -7,7 +7,8 @@ output ``(y, x)``), with classes whose ``__module__`` is Ultralytics' (``ultraly
 ``ultralytics.nn.modules.conv.Conv``, ...), registered in ``sys.modules`` only inside :func:`fake_ultralytics`
 so pickle can name them. Attention layers are the common community ports (``SEAttention`` with bias-free
 ``Linear``s, a CBAM with ``ca.fc1/fc2`` and ``sa.conv1``, ``ECAAttention``, the official ``EMA``), so their
-parameter names differ from attn-deploy's and the loader has to map them.
+parameter names differ from attn-deploy's and the loader has to map them; ``CBAM`` is Ultralytics' own built-in
+(``ultralytics.nn.modules.conv.CBAM``, a different computation the loader must refuse).
 
 :func:`save_checkpoint` writes what the trainer writes (``torch.save`` of a dict: ``model`` or ``ema`` = the
 pickled ``DetectionModel`` in FP16, ``epoch``, ``train_args``, ``optimizer``, ...): ``final=True`` as
@@ -294,6 +295,42 @@ class CBAMBlock(nn.Module):
         return x * self.sa(x)
 
 
+class UltralyticsChannelAttention(nn.Module):
+    """``ultralytics.nn.modules.conv.ChannelAttention``: one biased 1x1 conv on the average-pooled features."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Conv2d(channels, channels, 1, 1, 0, bias=True)
+        self.act = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.act(self.fc(self.pool(x)))
+
+
+class UltralyticsSpatialAttention(nn.Module):
+    def __init__(self, kernel_size: int = 7):
+        super().__init__()
+        self.cv1 = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.act = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([torch.mean(x, 1, keepdim=True), torch.max(x, 1, keepdim=True)[0]], 1)
+        return x * self.act(self.cv1(pooled))
+
+
+class UltralyticsCBAM(nn.Module):
+    """``ultralytics.nn.modules.conv.CBAM``: not the paper's (no max-pool branch, no reduction MLP)."""
+
+    def __init__(self, c1: int, kernel_size: int = 7):
+        super().__init__()
+        self.channel_attention = UltralyticsChannelAttention(c1)
+        self.spatial_attention = UltralyticsSpatialAttention(kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spatial_attention(self.channel_attention(x))
+
+
 class ECAAttention(nn.Module):
     def __init__(self, c1: int, k_size: int = 3):
         super().__init__()
@@ -405,7 +442,8 @@ class SimAM(nn.Module):
 
 ATTENTION = {
     "SEAttention": SEAttention,
-    "CBAM": CBAMBlock,
+    "CBAMBlock": CBAMBlock,
+    "CBAM": UltralyticsCBAM,
     "ECAAttention": ECAAttention,
     "EMA": EMA,
     "CoordAtt": CoordAtt,
@@ -415,6 +453,7 @@ ATTENTION = {
 reduction 16, SimAM lambda 1e-3)."""
 _ATTENTION_ARGS = {
     "SEAttention": {},
+    "CBAMBlock": {},
     "CBAM": {},
     "ECAAttention": {"k_size": 3},
     "EMA": {"factor": 8},
@@ -496,7 +535,13 @@ class IterableSimpleNamespace(types.SimpleNamespace):
 
 _MODULES = {
     "ultralytics.nn.tasks": (DetectionModel,),
-    "ultralytics.nn.modules.conv": (Conv, Concat),
+    "ultralytics.nn.modules.conv": (
+        Conv,
+        Concat,
+        UltralyticsChannelAttention,
+        UltralyticsSpatialAttention,
+        UltralyticsCBAM,
+    ),
     "ultralytics.nn.modules.block": (Bottleneck, C2f, SPPF, DFL),
     "ultralytics.nn.modules.head": (Detect,),
     "ultralytics.nn.modules.attention": (
