@@ -98,13 +98,18 @@ def test_checkpoint_rebuilds_and_matches_independent_forward(
         _close(model(x), reference_outputs(reference, x))
 
 
-@pytest.mark.parametrize("scale", ["s", "m"])
-def test_larger_scales_and_mid_training_form(tmp_path: Path, scale: str) -> None:
-    reference = build_model(scale, 80)
+@pytest.mark.parametrize(
+    ("scale", "nc", "attention"),
+    [("s", 80, None), ("m", 3, {"before_sppf": "SEAttention", "neck": "EMA"})],  # m: max_channels 768 scaling
+)
+def test_larger_scales_and_mid_training_form(
+    tmp_path: Path, scale: str, nc: int, attention: dict[str, str] | None
+) -> None:
+    reference = build_model(scale, nc, attention)
     path = save_checkpoint(reference, tmp_path / "last.pt", final=False)  # "model" None, "ema" + optimizer
     loaded = load_checkpoint(path)
-    assert loaded.source["form"] == "training" and loaded.spec.num_classes == 80
-    assert loaded.source["arch"] == f"yolov8{scale}"
+    assert loaded.source["form"] == "training" and loaded.spec.num_classes == nc
+    assert loaded.source["arch"] == f"yolov8{scale}" + ("-yaml" if attention else "")
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         _close(loaded.model(x), reference_outputs(reference, x))
