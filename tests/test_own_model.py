@@ -98,6 +98,7 @@ def test_checkpoint_rebuilds_and_matches_independent_forward(
         _close(model(x), reference_outputs(reference, x))
 
 
+@pytest.mark.slow  # exports / a yolov8m: over ~4 s on 2 cores
 @pytest.mark.parametrize(
     ("scale", "nc", "attention"),
     [("s", 80, None), ("m", 3, {"before_sppf": "SEAttention", "neck": "EMA"})],  # m: max_channels 768 scaling
@@ -198,6 +199,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.M
     return tmp / "engines" / "best" / "ort-fp32", reference
 
 
+@pytest.mark.slow  # exports / a yolov8m: over ~4 s on 2 cores
 def test_exported_checkpoint_matches_independent_forward_at_unseen_shapes(
     exported: tuple[Path, torch.nn.Module],
 ) -> None:
@@ -207,6 +209,7 @@ def test_exported_checkpoint_matches_independent_forward_at_unseen_shapes(
         _close(ort_outputs(artifact / "model.onnx", [x])[0], reference_outputs(reference, x))
 
 
+@pytest.mark.slow  # exports / a yolov8m: over ~4 s on 2 cores
 def test_provenance_validate_and_labels(exported: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
     artifact, _ = exported
     manifest = json.loads((artifact / "manifest.json").read_text())
@@ -228,6 +231,7 @@ def test_provenance_validate_and_labels(exported: tuple[Path, torch.nn.Module], 
     assert json.loads(metadata["parameters"]["class_names"]) == ["class0", "class1", "class2"]
 
 
+@pytest.mark.slow  # exports / a yolov8m: over ~4 s on 2 cores
 def test_factory_module_exports_and_validate_needs_trust(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
