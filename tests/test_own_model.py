@@ -217,6 +217,7 @@ def test_provenance_validate_and_labels(exported: tuple[Path, torch.nn.Module], 
     assert source["kind"] == "ultralytics" and source["arch"] == "yolov8n-yaml" and source["nc"] == 3
     assert source["names"] == ["class0", "class1", "class2"] and len(source["sha256"]) == 64
     assert "no code" in source["trust"] and manifest["task"] == "detect"
+    assert "- source: ultralytics" in (artifact / "report.md").read_text()
     assert (
         main(["validate", str(artifact), "--images", "2"]) == 0
     )  # rebuilt from the checkpoint, boxes scored
