@@ -301,6 +301,14 @@ def test_factory_module_exports_and_validate_needs_trust(
     ]
     assert main(fp16) == 0  # the precision configs take one's own models too
     assert json.loads((artifact.parent / "ort-fp16" / "manifest.json").read_text())["precision"] == "fp16"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(
+        elsewhere
+    )  # validate from another folder: the module is found where the export found it
+    sys.path[:] = [p for p in sys.path if p not in (str(tmp_path), os.path.realpath(tmp_path))]
+    monkeypatch.delitem(sys.modules, "mynet")
+    assert main(["validate", str(artifact), "--images", "2", "--trust-checkpoint"]) == 0
     with pytest.raises(ConfigError, match=r"package\.module:factory"):
         load_factory("mynet.build")
 

@@ -364,6 +364,9 @@ def rebuild_model(manifest: dict[str, Any], *, trust: bool = False) -> nn.Module
     imgsz = (int(size[0]), int(size[1])) if size else None
     task = source.get("task") if source.get("task") in ("detect", "classify") else None
     if kind == "module":
+        cwd = source.get("cwd")
+        if isinstance(cwd, str) and os.path.isdir(cwd) and cwd not in sys.path:  # importable as at export
+            sys.path.insert(0, cwd)
         return load_factory(str(source.get("module")), task=task, imgsz=imgsz).model
     path = Path(str(source.get("path")))
     if not path.is_file():
