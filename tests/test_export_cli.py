@@ -95,7 +95,7 @@ def test_dynamic_batch_alone(tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_export_with_user_weights_records_them(tmp_path, capsys) -> None:
+def test_export_with_user_weights_records_them(tmp_path, capsys, caplog) -> None:
     """A plain (attention-free) checkpoint loads into an attention model; the manifest names the file."""
     import torch
 
@@ -122,3 +122,6 @@ def test_export_with_user_weights_records_them(tmp_path, capsys) -> None:
     )
     manifest = json.loads((out / "resnet18-se" / "ort-fp32" / "manifest.json").read_text())
     assert manifest["weights"] == str(weights.resolve()) and manifest["parity"]["passed"]
+    # issue 16: the SE blocks keep their random init: a warning (stderr in the CLI), recorded in the manifest
+    assert manifest["source"]["attention_at_init"]["tensors"] > 0
+    assert any(r.levelname == "WARNING" and "random init" in r.getMessage() for r in caplog.records)

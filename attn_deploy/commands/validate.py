@@ -65,6 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="FRACTION",
         help="gate: decoded-box agreement with PyTorch of a detector must reach this (0..1, e.g. 0.9)",
     )
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="rebuild an artifact exported with --checkpoint --trust-checkpoint or --module: runs that code again",
+    )
     p.set_defaults(func=run)
 
 
@@ -100,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             image_dir=args.image_dir,
             on_batch=lambda done, total: progress.update(task, completed=done, total=total),
+            trust=args.trust_checkpoint,
         )
 
     title = f"{report.model} / {report.target} ({report.backend}) vs PyTorch FP32"

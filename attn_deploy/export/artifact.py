@@ -33,7 +33,8 @@ def render_report(manifest: dict[str, Any]) -> str:
         f"- precision: {manifest['precision']}, opset {manifest['opset']}, dynamic: "
         f"batch={manifest['dynamic']['batch']}, hw={manifest['dynamic']['hw']}",
         f"- export shape: {manifest['export_shape']}; exported in {manifest['export_seconds']} s",
-        f"- sha256 of {manifest['onnx']}: `{manifest['sha256']}`\n",
+        f"- sha256 of {manifest['onnx']}: `{manifest['sha256']}`",
+        f"{source_line(manifest.get('source'))}\n",
         "## Parity against PyTorch FP32\n",
         markdown_table(
             ["verified shapes", "max abs", "max rel", "min cosine", "tolerance", "passed"],
@@ -81,6 +82,24 @@ def render_report(manifest: dict[str, Any]) -> str:
         markdown_table(["library", "version"], sorted(manifest["versions"].items())),
     ]
     return "\n".join(lines)
+
+
+def source_line(source: dict[str, Any] | None) -> str:
+    """The report's line on where the model came from (:mod:`attn_deploy.models.source`)."""
+    if not source:
+        return "- source: not recorded"
+    kind = source.get("kind")
+    where = source.get("module") or source.get("path") or source.get("model")
+    parts = [f"- source: {kind} `{where}`"]
+    if source.get("sha256"):
+        parts.append(f"sha256 `{source['sha256'][:16]}…`")
+    if source.get("arch") and source.get("nc"):
+        parts.append(f"{source['arch']}, {source['nc']} classes")
+    if source.get("trust"):
+        parts.append(str(source["trust"]))
+    if source.get("attention_at_init"):
+        parts.append(f"**{source['attention_at_init']['tensors']} attention tensors at their random init**")
+    return "; ".join(parts)
 
 
 def graph_opset(path: Path) -> int:

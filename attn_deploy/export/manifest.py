@@ -62,6 +62,7 @@ def build_manifest(
         "export_seconds": round(result.seconds, 2),
         "stage_seconds": result.stage_seconds,
         "weights": request.weights,
+        "source": request.source,  # provenance: kind, checkpoint sha256, arch, nc, class names, trust mode
     }
     manifest.update(extra or {})
     return manifest

@@ -17,7 +17,8 @@ class ExportRequest:
 
     ``target`` names the artifact folder and the manifest's target (a precision stage may set its own);
     ``preprocess`` is the manifest's ``preprocess`` block (:meth:`attn_deploy.models.ModelSpec.preprocess_info`);
-    ``weights`` is the state_dict the model was loaded from, recorded so ``validate`` rebuilds the same model.
+    ``weights`` is the state_dict the model was loaded from, recorded so ``validate`` rebuilds the same model;
+    ``source`` the provenance of a model not built from the zoo alone (checkpoint sha256, class names, ...).
     """
 
     model_name: str
@@ -31,6 +32,8 @@ class ExportRequest:
     input_names: tuple[str, ...] | None = None
     output_names: tuple[str, ...] | None = None
     weights: str | None = None
+    source: dict[str, Any] | None = field(default=None, hash=False)
+    """Where the model came from (:mod:`attn_deploy.models.source`): the manifest's ``source`` block."""
 
     @classmethod
     def of(

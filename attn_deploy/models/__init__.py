@@ -122,8 +122,8 @@ def create_model(
             spec.attention, num_classes=num_classes, placement=placement, **attn_kwargs
         )
     model.eval()
-    if state is not None:
-        load_state(model, state, weights)
+    if state is not None:  # keys left at their init (attention absent from the file): kept for the manifest
+        model.kept_init = load_state(model, state, weights)  # type: ignore[assignment]
     elif calibrate:
         images = synthetic_mosaics(CALIBRATION_IMAGES, spec.input_size, seed=SEED)
         calibrate_batchnorm(model, spec.normalize(images))

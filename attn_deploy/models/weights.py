@@ -1,10 +1,15 @@
-"""Load a user's state_dict into a zoo model (``torch.load(weights_only=True)``, never pickled code)."""
+"""Load a user's state_dict into a zoo model (``torch.load(weights_only=True)``, never pickled code).
+
+An Ultralytics checkpoint (``best.pt``) is read with the restricted unpickler of :mod:`attn_deploy.models.checkpoint`
+instead (``weights_only=True`` refuses its pickled classes) and gives its network's state_dict.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,7 +17,9 @@ import torch
 from torch import nn
 
 from attn_deploy.errors import WeightsError, exception_summary
+from attn_deploy.models.checkpoint import read_checkpoint
 from attn_deploy.models.registry import is_attention_key
+from attn_deploy.models.ultralytics import is_ultralytics, read_ultralytics
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +68,12 @@ def load_state(
         )
     model.load_state_dict(state, strict=False)
     left = [k for k in missing if is_attention_key(k)]
-    if left:
-        log.info(
-            "weights '%s' hold no attention weights; %d attention tensors keep their init", path, len(left)
+    if left:  # a warning, not INFO (never shown): the attention of the exported model is untrained
+        log.warning(
+            "warning: weights '%s' hold no attention weights; %d attention tensors keep their random init "
+            "(the attention is untrained; recorded in the manifest as source.attention_at_init)",
+            path,
+            len(left),
         )
     return left
 
@@ -94,10 +104,15 @@ def read_state_dict(path: str | os.PathLike[str]) -> Mapping[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any failure to decode the user's bytes: KeyError, EOFError, ...
+        if zipfile.is_zipfile(path):  # an Ultralytics best.pt: its tensors, read without running its code
+            state = _ultralytics_state(path)
+            if state is not None:
+                return state
         raise WeightsError(
             f"cannot read weights '{path}' as a plain state_dict "
             f"({type(exc).__name__}: {exception_summary(exc, limit=160)}); "
-            "save one with torch.save(model.state_dict(), PATH)"
+            "save one with torch.save(model.state_dict(), PATH), or export a pickled model with --checkpoint PATH "
+            "--trust-checkpoint"
         ) from exc
     for key in _CONTAINER_KEYS:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
@@ -113,6 +128,15 @@ def read_state_dict(path: str | os.PathLike[str]) -> Mapping[str, torch.Tensor]:
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k.removeprefix("module."): v for k, v in obj.items()}
     return obj
+
+
+def _ultralytics_state(path: Path) -> dict[str, torch.Tensor] | None:
+    """The state_dict of the Ultralytics checkpoint at ``path``, ``None`` when it is not one (or unreadable)."""
+    try:
+        checkpoint = read_checkpoint(path)
+    except WeightsError:
+        return None
+    return read_ultralytics(path, checkpoint).state if is_ultralytics(checkpoint) else None
 
 
 def _first(keys: list[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from attn_deploy.artifacts import Artifact
 from attn_deploy.backends.ort import OrtRunner
 from attn_deploy.errors import ConfigError, ModelNotFoundError, exception_summary
 from attn_deploy.serve.batcher import BatchResult, MicroBatcher, batch_size_of
+from attn_deploy.serve.labels import class_names
 from attn_deploy.serve.metrics import ModelMetrics
 from attn_deploy.serve.model_config import ONNX_PLATFORM, build_model_config
 from attn_deploy.serve.protocol import ProtocolError
@@ -154,14 +156,19 @@ class ServedModel:
             self.metrics.add_pending(-1)
 
     def metadata(self) -> dict[str, Any]:
-        """The v2 ``$metadata_model_response``."""
-        return {
+        """The v2 ``$metadata_model_response``; with class names, ``parameters.class_names`` (a JSON list as a
+        string: parameter values are strings, numbers or booleans in the protocol)."""
+        response: dict[str, Any] = {
             "name": self.name,
             "versions": [self.version],
             "platform": ONNX_PLATFORM,
             "inputs": [t.metadata() for t in self.signature.inputs],
             "outputs": [t.metadata() for t in self.signature.outputs],
         }
+        names = class_names(self.artifact.manifest)
+        if names:
+            response["parameters"] = {"class_names": json.dumps(names)}
+        return response
 
     def config(self) -> dict[str, Any]:
         """The Triton model configuration this server effectively runs."""

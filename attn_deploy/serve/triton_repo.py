@@ -5,6 +5,8 @@ Layout (Triton docs/user_guide/model_repository.md)::
     <repo>/<model>/config.pbtxt
     <repo>/<model>/1/model.onnx    platform "onnxruntime_onnx"
     <repo>/<model>/1/model.plan    platform "tensorrt_plan", when the artifact holds a TensorRT engine
+    <repo>/<model>/labels.txt      class names, one per line, when the manifest records them (``label_filename``
+                                   of the first output in config.pbtxt)
 
 A TensorRT plan only runs on the GPU and TensorRT version it was built with, and its optimization
 profile must cover ``max_batch_size``: Triton refuses to load a ``tensorrt_plan`` model whose ``max_batch_size``
@@ -31,6 +33,7 @@ from typing import Any
 from attn_deploy.artifacts import Artifact
 from attn_deploy.errors import ConfigError
 from attn_deploy.fsutil import write_text, write_with
+from attn_deploy.serve.labels import LABELS_FILE, class_names, labels_text
 from attn_deploy.serve.model_config import ONNX_PLATFORM, TENSORRT_PLATFORM, build_model_config, to_pbtxt
 from attn_deploy.serve.model_pool import MODEL_VERSION
 from attn_deploy.serve.signature import ModelSignature, read_signature
@@ -148,6 +151,9 @@ def write_triton_model(
         max_queue_delay_us=round(max_delay_ms * 1000),
         trt_precision=trt_precision if platform == ONNX_PLATFORM else None,
     )
+    names = class_names(artifact.manifest)
+    if names:  # Triton reads it from the model directory (model_config.proto: ModelOutput.label_filename)
+        config["output"][0]["label_filename"] = LABELS_FILE
     model_dir = Path(repo) / name
     model_file = model_dir / MODEL_VERSION / _MODEL_FILES[platform]
 
@@ -157,6 +163,10 @@ def write_triton_model(
     write_with(model_file, copy_model)
     for stale in set(_MODEL_FILES.values()) - {model_file.name}:
         (model_file.parent / stale).unlink(missing_ok=True)
+    if names:
+        write_text(model_dir / LABELS_FILE, labels_text(names))
+    else:
+        (model_dir / LABELS_FILE).unlink(missing_ok=True)
     write_text(model_dir / "config.pbtxt", to_pbtxt(config))
     return TritonModel(name, model_dir, model_file, config, notes)
 

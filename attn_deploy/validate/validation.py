@@ -1,6 +1,7 @@
 """Validate an artifact directory against PyTorch FP32: the check behind `attn-deploy validate`.
 
-The PyTorch model is recreated from the manifest (``model``, optional ``weights``); both run on the same
+The PyTorch model is recreated from the manifest (``model``, optional ``weights``, or its ``source``:
+:func:`attn_deploy.models.source.rebuild_model`); both run on the same
 synthetic images (a seed apart from the INT8 calibration set), or the user's own images (``--image-dir``),
 preprocessed as the manifest says (:mod:`attn_deploy.validate.inputs`). Both runners run batch by batch
 (:mod:`attn_deploy.validate.compare`); the outputs are scored against the target config's ``tolerances``
@@ -24,7 +25,7 @@ from attn_deploy.backends.torch_runner import TorchRunner
 from attn_deploy.config import ExportConfig, find_config, load_config, replace_config
 from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.errors import ConfigError, InputError, ModelNotFoundError
-from attn_deploy.models import create_model
+from attn_deploy.models.source import rebuild_model
 from attn_deploy.validate.compare import compare_runners
 from attn_deploy.validate.inputs import evaluation_images, user_images
 from attn_deploy.validate.report import ValidationReport, write_validation
@@ -43,11 +44,11 @@ def artifact_config(manifest: dict[str, Any]) -> ExportConfig:
         return load_config(f"ort-{manifest.get('precision', 'fp32')}")
 
 
-def reference_model(manifest: dict[str, Any]) -> torch.nn.Module:
-    """The zoo model the manifest names (with its weights), PyTorch's side of the comparison; an ``InputError``
-    for an artifact of one's own model, which validate cannot rebuild."""
+def reference_model(manifest: dict[str, Any], *, trust: bool = False) -> torch.nn.Module:
+    """The model the artifact was exported from, rebuilt as its manifest's source says (PyTorch's side of the
+    comparison); an ``InputError`` for an artifact of one's own in-memory model, which validate cannot rebuild."""
     try:
-        return create_model(manifest["model"], weights=manifest.get("weights"))
+        return rebuild_model(manifest, trust=trust)
     except ModelNotFoundError:
         raise InputError(
             f"'{manifest['model']}' is not a zoo model, so validate cannot rebuild its PyTorch reference; an "
@@ -65,12 +66,14 @@ def validate_artifact(
     image_dir: str | os.PathLike[str] | None = None,
     write: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
+    trust: bool = False,
 ) -> ValidationReport:
     """Compare the artifact's graph (``runner``, default ONNX Runtime CPU) with PyTorch FP32.
 
     The inputs are ``num_images`` synthetic images (``seed``), or with ``image_dir`` the user's own jpg/png
     images (all of them, or the first ``num_images``), preprocessed as the manifest says. ``on_batch(done,
-    total)`` reports progress. With ``write``, results are stored in the directory.
+    total)`` reports progress. With ``write``, results are stored in the directory. ``trust`` allows rebuilding a
+    model whose source runs code (``--trust-checkpoint``, ``--module``): a manifest alone never does.
     """
     start = time.perf_counter()
     artifact = load_artifact(directory)
@@ -93,7 +96,9 @@ def validate_artifact(
         inputs = user_images(image_dir, preprocess, num_images, batch)
         count, source = len(inputs), f"images from {image_dir}"
 
-    model = reference_model(manifest)
+    model = reference_model(
+        manifest, trust=trust
+    )  # as exported: zoo, Ultralytics checkpoint, trusted, factory
     candidate_runner = runner or OrtRunner(artifact.onnx_path)
     reference_runner = TorchRunner(model, [entry["name"]], output_names)
     result = compare_runners(reference_runner, candidate_runner, entry["name"], inputs, batch, on_batch)
