@@ -172,7 +172,7 @@ class OnnxCache:
         }
         try:
             result = export_onnx(mut.module, mut.sample, path, **kwargs)
-            return ExportInfo(path, True, result.rewrites, result.seconds)
+            return ExportInfo(path, True, [*result.rewrites, *result.graph_passes], result.seconds)
         except ExportError as exc:
             if rewrite:
                 return exc
