@@ -245,7 +245,9 @@ def _is_plain_gemm(view: GraphView, node: onnx.NodeProto) -> bool:
     return len(view.consumers.get(node.input[1], [])) == 1
 
 
-def _pooled_chain(view: GraphView, start: onnx.NodeProto) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
+def _pooled_chain(
+    view: GraphView, start: onnx.NodeProto
+) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
     """From a Reshape (B,C,1,1)->(B,C): the Gemm/activation chain and the closing Reshape to (B,C',1,1)."""
     src, dst = view.shape(start.input[0]), view.shape(start.output[0])
     if src is None or dst is None or len(src) != 4 or len(dst) != 2 or src[2:] != (1, 1) or src[:2] != dst:
@@ -258,15 +260,12 @@ def _pooled_chain(view: GraphView, start: onnx.NodeProto) -> tuple[list[onnx.Nod
             return None
         if node.op_type == "Reshape":
             end = view.shape(node.output[0])
-            width = view.shape(current)
-            ok = end is not None and width is not None and len(end) == 4 and end[2:] == (1, 1)
-            return (chain, node) if ok and chain and end[:2] == width and src[0] == end[0] else None  # type: ignore[index]
-        if node.op_type == "Gemm" and node.input[0] == current and _is_plain_gemm(view, node):
-            chain.append(node)
-        elif node.op_type in ACTIVATIONS and node.input[0] == current:
-            chain.append(node)
-        else:
+            ok = end is not None and len(end) == 4 and end[2:] == (1, 1) and end[:2] == view.shape(current)
+            return (chain, node) if ok and chain else None
+        layer = node.op_type == "Gemm" and _is_plain_gemm(view, node)
+        if node.input[0] != current or not (layer or node.op_type in ACTIVATIONS):
             return None
+        chain.append(node)
         current = node.output[0]
 
 
