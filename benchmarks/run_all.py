@@ -71,7 +71,7 @@ def bench_arch(
         )
     rows = attention_table(run, arch)
     claims = load_claims()
-    seed = compare_with_seed(rows, arch, claims) if claims.for_arch(arch) else None
+    seed = compare_with_seed(rows, arch, claims, imgsz=run.square_size) if claims.for_arch(arch) else None
     return run, rows, seed
 
 

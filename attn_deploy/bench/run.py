@@ -81,6 +81,11 @@ class BenchRun:
     """The ONNX graphs were exported with dynamic batch and H/W."""
     """Per model: ``params_m`` and ``gflops`` (FlopCounterMode, 2 FLOPs per multiply-add)."""
 
+    @property
+    def square_size(self) -> int | None:
+        """The input size when H == W (what claim tables state as ``imgsz``), else ``None``."""
+        return int(self.imgsz[0]) if self.imgsz[0] == self.imgsz[1] and self.imgsz[0] else None
+
     def result(self, model: str, backend: str, precision: str = "fp32") -> TargetResult | None:
         """The result of one target, if it was timed."""
         for r in self.results:

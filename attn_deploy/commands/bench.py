@@ -136,12 +136,17 @@ def run(args: argparse.Namespace) -> int:
     rows, seed = [], None
     if arch:
         rows = attention_table(result, arch)
-        seed = compare_with_seed(rows, arch, claims) if claims and claims.for_arch(arch) else None
+        seed = (
+            compare_with_seed(rows, arch, claims, imgsz=result.square_size)
+            if claims and claims.for_arch(arch)
+            else None
+        )
         print_table(render.attention_cost_table(rows, arch, result.batch))
         if seed is not None:
             print_table(render.seed_table(seed))
     print_table(render.latency_table(result))
-    print_table(render.checks_table(render.speed_checks(result)))
+    checks = render.speed_checks(result) + (render.overhead_checks(rows, arch, seed) if arch else [])
+    print_table(render.checks_table(checks))
     for warning in result.warnings():
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if args.json:
