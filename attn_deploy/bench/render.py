@@ -282,7 +282,7 @@ def _cite(claim: Any, qualitative: bool = False) -> str:
     """A claimed figure with its source number; recalled figures say so; a qualitative claim is a reading."""
     if not claim:
         return "-"
-    text = f"<= {fmt(claim.value)} (our reading)" if qualitative else fmt(claim.value)
+    text = f"<= {claim.value:g} (our reading)" if qualitative else fmt(claim.value)
     return f"{text} [{claim.source + 1}]" + (" recalled" if claim.recalled else "")
 
 
