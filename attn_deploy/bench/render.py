@@ -17,8 +17,10 @@ from attn_deploy import fsutil
 from attn_deploy.bench import plots
 from attn_deploy.bench.attention_cost import BASELINE, AttentionRow, label, latency_labels
 from attn_deploy.bench.claims import SeedComparison, noise_margin_pct
+from attn_deploy.bench.explain import EXPLAIN_COLUMNS, explain_counts
 from attn_deploy.bench.machine import machine_slug
-from attn_deploy.bench.run import BenchRun
+from attn_deploy.bench.roofline import achieved, peak_for
+from attn_deploy.bench.run import BenchRun, TargetResult
 from attn_deploy.bench.timing import CV_WARN, p50_ratio_margin
 from attn_deploy.markdown import fmt, markdown_table
 
@@ -102,11 +104,14 @@ def latency_table(run: BenchRun) -> TableData:
             "FPS",
             "x torch",
             "CV",
+            "GFLOP/s",
+            "% of peak",
             "matches PyTorch",
         ],
     )
     for r in run.results:
         t = r.target
+        rate, share = roofline_cells(run, r)
         table.rows.append(
             [
                 t.model,
@@ -118,6 +123,8 @@ def latency_table(run: BenchRun) -> TableData:
                 r.wall.fps(run.batch),
                 r.ratio_vs_torch,
                 r.wall.cv,
+                rate,
+                share,
                 _verified(t.verified),
             ]
         )
@@ -129,6 +136,13 @@ def latency_table(run: BenchRun) -> TableData:
         "x torch = PyTorch eager p50 / this p50, same interleaved run (> 1: faster). "
         f"CV = std / mean; above {CV_WARN:.2f} the machine was noisy."
     )
+    if run.peaks:
+        table.notes.append(
+            f"Roofline: GFLOP/s = the model's GFLOPs / p50; % of peak against this run's measured GEMM peak "
+            f"(ONNX Runtime MatMul FP32 {run.peaks['fp32']:.0f} GFLOP/s, MatMulInteger INT8 "
+            f"{run.peaks['int8']:.0f} GOP/s, {run.threads} threads; int8 targets against the INT8 peak). "
+            "Convolutions and matmuls only are counted."
+        )
     table.notes += [f"skipped {s.backend}/{s.precision} ({s.model}): {s.reason}" for s in run.skipped]
     return table
 
@@ -148,6 +162,35 @@ def _vs_torch(run: BenchRun, model: str, backend: str, precision: str, limit: fl
         "",
         noise,
     )
+
+
+def roofline_cells(run: BenchRun, result: TargetResult) -> tuple[float | None, float | None]:
+    """(achieved GFLOP/s, % of the measured peak) of one result; ``None`` where unknown."""
+    rate = achieved(run.profiles.get(result.target.model, {}).get("gflops"), result.wall.p50_ms)
+    peak = peak_for(result.target.precision, run.peaks)
+    return rate, (100.0 * rate / peak if rate is not None and peak else None)
+
+
+def explain_table(run: BenchRun) -> TableData:
+    """Per ONNX Runtime target: what its optimised graph holds (NCHWc convs, reorders, Expand, unfused ops)."""
+    table = TableData(
+        "What ONNX Runtime runs (optimised graph, --explain)",
+        ["model", "backend", "precision", *EXPLAIN_COLUMNS, "nodes", "other ops"],
+    )
+    for r in run.results:
+        ops = run.explain.get(r.target.key)
+        if ops is None:
+            continue
+        counts = explain_counts(ops)
+        counted = {op for names in EXPLAIN_COLUMNS.values() for op in names}
+        others = ", ".join(f"{op} {n}" for op, n in ops.items() if op not in counted)
+        table.rows.append([r.target.model, r.target.backend, r.target.precision, *counts.values(), others])
+    table.notes.append(
+        "Saved with SessionOptions.optimized_model_filepath at ORT_ENABLE_ALL. nchwc: ops run in ORT's blocked "
+        "channel layout; each reorder copies a full tensor between layouts; an Add or Relu still present was not "
+        "fused into a convolution."
+    )
+    return table
 
 
 def speed_checks(run: BenchRun, deployed: str = "ort") -> list[Check]:
@@ -384,6 +427,8 @@ def results_json(run: BenchRun) -> dict[str, Any]:
         "runs": run.runs,
         "warmup_s": run.warmup_s,
         "profiles": run.profiles,
+        "peaks": run.peaks,
+        "explain": run.explain,
         "skipped": [s.to_dict() for s in run.skipped],
         "warnings": run.warnings(),
         "checks": [{**c.__dict__, "verdict": c.verdict} for c in speed_checks(run)],
@@ -409,6 +454,8 @@ def write_model_report(run: BenchRun, folder: str | os.PathLike[str], stem: str)
     """``<stem>.md``, ``<stem>.json`` and ``<stem>-latency.png`` for a single-model run; returns the paths."""
     folder = Path(folder)
     tables = [latency_table(run), checks_table(speed_checks(run))]
+    if run.explain:
+        tables.append(explain_table(run))
     text = f"# Benchmark: {', '.join(run.models)}\n\n{machine_lines(run)}\n\n" + "\n".join(
         t.markdown() for t in tables
     )
@@ -456,6 +503,8 @@ def write_attention_report(
     ]
     if seed is not None:
         tables.insert(1, seed_table(seed))
+    if run.explain:
+        tables.append(explain_table(run))
     text = f"# Attention cost: {arch}\n\n{machine_lines(run)}\n\n" + "\n".join(t.markdown() for t in tables)
     text += "".join(f"\n- warning: {w}" for w in run.warnings())
     if seed is not None and seed.flagged():

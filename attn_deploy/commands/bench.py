@@ -48,6 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cuda-graphs", action="store_true", help="torch-cuda: replay the forward as a CUDA graph"
     )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="show the op histogram of the graph ONNX Runtime optimised (NCHWc convs, reorders, unfused ops)",
+    )
     p.add_argument("--json", default=None, help="write results as JSON to this path")
     p.add_argument(
         "--out",
@@ -127,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             on_stage=on_stage,
             on_call=on_call,
             on_timing_start=on_timing_start,
+            explain=args.explain,
         )
     console.print(
         f"threads fixed at {result.threads} (torch.set_num_threads, ORT intra_op_num_threads); "
@@ -147,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
     print_table(render.latency_table(result))
     checks = render.speed_checks(result) + (render.overhead_checks(rows, arch, seed) if arch else [])
     print_table(render.checks_table(checks))
+    if args.explain:
+        print_table(render.explain_table(result))
     for warning in result.warnings():
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if args.json:
