@@ -422,6 +422,7 @@ def export_onnx(
     simplify: bool = True,
     verify: bool = True,
     rewrite: bool = True,
+    graph_passes: bool = True,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     atol: float = 1e-4,
@@ -445,6 +446,8 @@ def export_onnx(
             PyTorch model accepts; refuse nondeterministic models (two runs differ), modules stuck in train mode
             and non-finite PyTorch outputs.
         rewrite: apply the deploy rewrites while tracing (``False`` gives the naive export, for comparison).
+        graph_passes: with ``rewrite``, run the deploy-time ONNX graph passes (:mod:`.ort_passes`) after
+            simplification (``False``: the graph as before those passes, for measuring them).
         input_names / output_names: graph names (default ``images`` / ``output0..N``).
         atol, rtol: an output passes when every element is within ``atol + rtol * max|reference|`` (graphs
             with TopK may have 0.1% of elements past it: a last-bit difference can flip a selection);
@@ -505,7 +508,9 @@ def export_onnx(
         if simplify:
             timer.start("simplify")
             proto = simplify_model(proto)
-        passes = apply_graph_passes(proto) if rewrite else {}  # exact; verified below with the rest
+        passes = (
+            apply_graph_passes(proto) if rewrite and graph_passes else {}
+        )  # exact; verified below with the rest
         ops_after = op_histogram(proto)
         inputs, outputs = graph_signature(proto)
         timer.start("check")
