@@ -7,8 +7,10 @@
 Builds and exports every model of an architecture first, then waits (up to ``--max-wait-s``) for the
 1-minute load average to drop below ``--max-load`` before timing, since a shared CPU makes timings noisy (and
 PyTorch's OpenMP threads far more than ONNX Runtime's); the load is recorded in every report. Writes
-``attention-<arch>.{md,json}`` and two PNG charts per architecture, plus ``summary.md`` / ``summary.json``,
-under ``benchmarks/results/<date>-<machine>/``.
+``attention-<arch>.{md,json}`` (with the op histogram of the graph ONNX Runtime runs per model and the
+roofline columns) and two PNG charts per architecture, plus ``summary.md`` / ``summary.json``, under
+``benchmarks/results/<date>-<machine>/``. The before/after of the deploy-time graph passes alone:
+``python -m benchmarks.graph_passes``.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def bench_arch(
             on_stage=on_stage,
             on_timing_start=on_timing_start,
             on_call=on_call,
+            explain=True,
         )
     rows = attention_table(run, arch)
     claims = load_claims()
