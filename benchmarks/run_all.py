@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             print_table(render.attention_cost_table(rows, arch, run.batch))
             if seed is not None:
                 print_table(render.seed_table(seed))
-            arch_checks = render.speed_checks(run)
+            arch_checks = render.speed_checks(run) + render.overhead_checks(rows, arch, seed)
             checks += arch_checks
             size = f"{run.imgsz[0]}x{run.imgsz[1]}"
             sections.append(
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Benchmarks\n\n" + "\n".join(sections) + "\n" + target_table.markdown() + f"\n{render.FLOPS_NOTE}\n"
     )
     write_text(folder / "summary.md", text)
-    write_json(folder / "summary.json", {"archs": documents, "checks": [c.__dict__ for c in checks]})
+    write_json(folder / "summary.json", {"archs": documents, "checks": [c.to_dict() for c in checks]})
     console.print(f"wrote {folder}/summary.md", highlight=False)
     return 0
 

@@ -72,6 +72,10 @@ class Check:
     note: str = ""
     within_noise: bool = False
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form, with the verdict."""
+        return {**self.__dict__, "verdict": self.verdict}
+
     @property
     def verdict(self) -> str:
         """``met``, ``missed (within noise)`` or ``MISSED``."""
@@ -431,7 +435,7 @@ def results_json(run: BenchRun) -> dict[str, Any]:
         "explain": run.explain,
         "skipped": [s.to_dict() for s in run.skipped],
         "warnings": run.warnings(),
-        "checks": [{**c.__dict__, "verdict": c.verdict} for c in speed_checks(run)],
+        "checks": [c.to_dict() for c in speed_checks(run)],
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -480,10 +484,7 @@ def attention_json(
         "flops_convention": FLOPS_NOTE,
         "table": [row.to_dict(run.batch) for row in rows],
         "seed": seed.to_dict() if seed else None,
-        "checks": [
-            {**c.__dict__, "verdict": c.verdict}
-            for c in speed_checks(run) + overhead_checks(rows, arch, seed)
-        ],
+        "checks": [c.to_dict() for c in speed_checks(run) + overhead_checks(rows, arch, seed)],
     }
 
 
