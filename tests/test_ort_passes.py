@@ -120,6 +120,15 @@ def test_reduce_mean_becomes_global_pool_only_over_hw_with_keepdims(axes, keepdi
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)  # summation order only
 
 
+def test_integer_reduce_mean_is_left_alone() -> None:
+    # GlobalAveragePool takes floats only; ReduceMean also reduces integers
+    axes = numpy_helper.from_array(np.array([2, 3], np.int64), "axes")
+    nodes = [helper.make_node("ReduceMean", ["x", "axes"], ["out"], keepdims=1)]
+    x = helper.make_tensor_value_info("x", TensorProto.INT32, [1, 2, 3, 3])
+    model = _graph(nodes, [x], helper.make_tensor_value_info("out", TensorProto.INT32, None), [axes])
+    assert apply_graph_passes(model) == {}
+
+
 def test_gemm_with_untransposed_weight_is_left_alone() -> None:
     # transB=0 is a different weight layout; the pass only takes the layout nn.Linear exports
     inits = [

@@ -39,6 +39,8 @@ BROADCASTING_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
 ACTIVATIONS = frozenset({"Relu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu"})
 """Element-wise activations a pooled MLP may use between its layers (shape-preserving, one input)."""
 GLOBAL_POOL_FOR = {"ReduceMean": "GlobalAveragePool", "ReduceMax": "GlobalMaxPool"}
+FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE})
+"""Element types global pools and convolutions take (reductions and Gemm also take integers)."""
 
 Dims = tuple[int | str | None, ...]
 """An inferred shape: an int per static dim, the symbol of a named dynamic dim, ``None`` when unknown."""
@@ -64,7 +66,7 @@ class EditableGraph:
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
         self.graph = model.graph
-        self.shapes = _inferred_shapes(model)
+        self.shapes, self.types = _inferred_shapes(model)
         self.reindex()
 
     def reindex(self) -> None:
@@ -136,21 +138,24 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
-def _inferred_shapes(model: onnx.ModelProto) -> dict[str, Dims]:
+def _inferred_shapes(model: onnx.ModelProto) -> tuple[dict[str, Dims], dict[str, int]]:
+    """Inferred shapes and element types (``onnx.TensorProto`` enum) of the tensors shape inference reaches."""
     try:
         inferred = onnx.shape_inference.infer_shapes(_skeleton(model), strict_mode=False, data_prop=True)
     except Exception:  # a graph onnx cannot infer (custom domains): passes then match nothing
         inferred = model
     shapes: dict[str, Dims] = {}
+    types: dict[str, int] = {}
     g = inferred.graph
     for value in [*g.input, *g.value_info, *g.output]:
         tensor = value.type.tensor_type
+        types[value.name] = tensor.elem_type
         if not tensor.HasField("shape"):
             continue
         shapes[value.name] = tuple(
             int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim
         )
-    return shapes
+    return shapes, types
 
 
 def _known(dims: Dims | None) -> bool:
@@ -225,6 +230,8 @@ def reduce_to_global_pool(view: EditableGraph) -> int:
         axes = _reduce_axes(view, node)
         if shape is None or len(shape) != 4 or axes is None or _attr(node, "keepdims", 1) != 1:
             continue
+        if view.types.get(node.input[0]) not in FLOAT_TYPES:
+            continue
         if sorted(a % 4 for a in axes) != [2, 3]:
             continue
         node.op_type = GLOBAL_POOL_FOR[node.op_type]
@@ -245,6 +252,8 @@ def _is_plain_gemm(view: EditableGraph, node: onnx.NodeProto) -> bool:
     weight = view.constant(node.input[1])
     bias = view.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     if weight is None or weight.ndim != 2 or node.input[1] not in view.initializers:
+        return False
+    if view.initializers[node.input[1]].data_type not in FLOAT_TYPES:
         return False
     if len(node.input) > 2 and node.input[2] and (bias is None or bias.shape != (weight.shape[0],)):
         return False
