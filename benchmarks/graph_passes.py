@@ -7,7 +7,7 @@ PyTorch by the export; the op histogram of the graph ONNX Runtime optimises from
 then every session timed interleaved, round-robin, ``--rounds`` rounds. Reported: the median over rounds of
 the per-round ratio before / after (robust on a shared machine: both calls of a round see the same load),
 and each model's latency overhead over ``<arch>-none`` before and after. Writes
-``benchmarks/results/graph_passes.{md,json}``.
+``benchmarks/results/<--name>.{md,json}`` (default ``graph_passes``).
 """
 
 from __future__ import annotations
@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--name", default="graph_passes", help="file stem of the results (default graph_passes)"
+    )
     args = parser.parse_args(argv)
     threads = fix_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="graph-passes-") as tmp:
@@ -176,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "times_ms": times,
     }
-    write_json(args.out / "graph_passes.json", doc)
-    write_text(args.out / "graph_passes.md", markdown(rows, doc))
+    write_json(args.out / f"{args.name}.json", doc)
+    write_text(args.out / f"{args.name}.md", markdown(rows, doc))
     for r in rows:
         print(r["model"], fmt(r["speedup"]), r.get("overhead_before_pct"), r.get("overhead_after_pct"))
     return 0
