@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench typecheck wheel-check clean
+.PHONY: demo test test-fast lint bench gpu-check typecheck wheel-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ typecheck: $(STAMP)  ## TensorRT code against tensorrt-stubs
 
 bench: $(STAMP)  ## attention cost tables + backend latency, stored under benchmarks/results/
 	$(BIN)/python -m benchmarks.run_all
+
+gpu-check: $(STAMP)  ## on a GPU machine: torch CUDA eager vs CUDA graphs, ORT CUDA, TensorRT -> benchmarks/results/gpu-check.json
+	$(BIN)/python -m benchmarks.gpu_check
 
 wheel-check:  ## build a wheel, install it into a fresh venv, export from an empty directory
 	bash .ci/wheel-check

@@ -7,8 +7,10 @@
 Builds and exports every model of an architecture first, then waits (up to ``--max-wait-s``) for the
 1-minute load average to drop below ``--max-load`` before timing, since a shared CPU makes timings noisy (and
 PyTorch's OpenMP threads far more than ONNX Runtime's); the load is recorded in every report. Writes
-``attention-<arch>.{md,json}`` and two PNG charts per architecture, plus ``summary.md`` / ``summary.json``,
-under ``benchmarks/results/<date>-<machine>/``.
+``attention-<arch>.{md,json}`` (with the op histogram of the graph ONNX Runtime runs per model and the
+roofline columns) and two PNG charts per architecture, plus ``summary.md`` / ``summary.json``, under
+``benchmarks/results/<date>-<machine>/``. The before/after of the deploy-time graph passes alone:
+``python -m benchmarks.graph_passes``.
 """
 
 from __future__ import annotations
@@ -68,10 +70,11 @@ def bench_arch(
             on_stage=on_stage,
             on_timing_start=on_timing_start,
             on_call=on_call,
+            explain=True,
         )
     rows = attention_table(run, arch)
     claims = load_claims()
-    seed = compare_with_seed(rows, arch, claims) if claims.for_arch(arch) else None
+    seed = compare_with_seed(rows, arch, claims, imgsz=run.square_size) if claims.for_arch(arch) else None
     return run, rows, seed
 
 
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             print_table(render.attention_cost_table(rows, arch, run.batch))
             if seed is not None:
                 print_table(render.seed_table(seed))
-            arch_checks = render.speed_checks(run)
+            arch_checks = render.speed_checks(run) + render.overhead_checks(rows, arch, seed)
             checks += arch_checks
             size = f"{run.imgsz[0]}x{run.imgsz[1]}"
             sections.append(
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Benchmarks\n\n" + "\n".join(sections) + "\n" + target_table.markdown() + f"\n{render.FLOPS_NOTE}\n"
     )
     write_text(folder / "summary.md", text)
-    write_json(folder / "summary.json", {"archs": documents, "checks": [c.__dict__ for c in checks]})
+    write_json(folder / "summary.json", {"archs": documents, "checks": [c.to_dict() for c in checks]})
     console.print(f"wrote {folder}/summary.md", highlight=False)
     return 0
 

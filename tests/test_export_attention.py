@@ -48,5 +48,6 @@ def test_attention_exports_equal_at_every_shape(name: str, tmp_path) -> None:
     graph = onnx.load(res.path)
     assert {n.op_type for n in graph.graph.node} <= TENSORRT_OPS
     assert lint_tensorrt(graph) == []
-    # The ops that freeze sizes under dynamic H/W are gone.
-    assert not {"AveragePool", "GlobalAveragePool", "GroupNormalization"} & set(res.ops_after)
+    # The ops that freeze sizes under dynamic H/W are gone. (GlobalAveragePool/GlobalMaxPool, written by the
+    # graph passes of export/ort_passes.py, pool whatever H x W arrives: checked at UNSEEN shapes above.)
+    assert not {"AveragePool", "GroupNormalization"} & set(res.ops_after)

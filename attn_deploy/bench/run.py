@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attn_deploy.bench.explain import optimized_op_histogram
 from attn_deploy.bench.machine import describe_machine, load_average
+from attn_deploy.bench.roofline import measure_peaks
 from attn_deploy.bench.targets import (
     REFERENCE,
     BenchTarget,
@@ -41,7 +43,7 @@ class TargetResult:
     """PyTorch eager p50 / this p50 from the same run (> 1: faster than PyTorch)."""
 
     def to_dict(self, batch: int) -> dict[str, Any]:
-        """The JSON result entry (the documented keys first, details after)."""
+        """The JSON result entry (the documented keys first, details after; roofline in ``render``)."""
         t, export = self.target, self.target.export
         return {
             "backend": t.backend,
@@ -79,7 +81,15 @@ class BenchRun:
     profiles: dict[str, dict[str, float]] = field(default_factory=dict)
     dynamic: bool = False
     """The ONNX graphs were exported with dynamic batch and H/W."""
-    """Per model: ``params_m`` and ``gflops`` (FlopCounterMode, 2 FLOPs per multiply-add)."""
+    peaks: dict[str, float] = field(default_factory=dict)
+    """Measured GEMM peaks at the run's threads (:func:`attn_deploy.bench.roofline.measure_peaks`)."""
+    explain: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per ONNX Runtime target key: op histogram of the graph ORT runs (``--explain``)."""
+
+    @property
+    def square_size(self) -> int | None:
+        """The input size when H == W (what claim tables state as ``imgsz``), else ``None``."""
+        return int(self.imgsz[0]) if self.imgsz[0] == self.imgsz[1] and self.imgsz[0] else None
 
     def result(self, model: str, backend: str, precision: str = "fp32") -> TargetResult | None:
         """The result of one target, if it was timed."""
@@ -158,12 +168,15 @@ def bench_models(
     on_stage: StageCallback | None = None,
     on_call: CallCallback | None = None,
     on_timing_start: Callable[[int], None] | None = None,
+    explain: bool = False,
 ) -> BenchRun:
     """Time every model x backend x precision in ONE interleaved run.
 
     ``dynamic`` exports the ONNX graphs with dynamic batch and H/W (timed at the sample's shape).
     ``workdir`` keeps the exported ONNX files (default: a temporary folder removed afterwards).
     ``on_timing_start(total_calls)`` is told how many timed calls follow (progress bars).
+    ``explain`` records the op histogram of the graph ONNX Runtime optimised for each ORT target.
+    The GEMM peaks of the roofline columns are measured once, after the timing.
     """
     if runs < 1:
         raise ConfigError(f"--runs must be >= 1, got {runs}")
@@ -208,6 +221,11 @@ def bench_models(
         calls = {t.key: t.call for t in targets}
         samples = time_interleaved(calls, runs=runs, warmup_s=warmup_s, on_call=on_call)
         run.machine = {**describe_machine(count), "load_average_before": load_before}
+        if on_stage:
+            on_stage("GEMM peaks" + (" + optimized graphs" if explain else ""))
+        run.peaks = measure_peaks(count)
+        if explain:
+            run.explain = {t.key: optimized_op_histogram(t.onnx_path) for t in targets if t.onnx_path}
     for t in targets:
         s = samples[t.key]
         gpu = LatencyStats.from_samples(s.gpu_ms) if s.gpu_ms else None

@@ -84,6 +84,8 @@ class BenchTarget:
     precision: str
     call: TimedCall
     export: ExportInfo | None = None
+    onnx_path: Path | None = None
+    """The ONNX file an ONNX Runtime target runs (its precision copy), for ``--explain``."""
 
     @property
     def key(self) -> str:
@@ -173,7 +175,7 @@ class OnnxCache:
         }
         try:
             result = export_onnx(mut.module, mut.sample, path, **kwargs)
-            return ExportInfo(path, True, result.rewrites, result.seconds)
+            return ExportInfo(path, True, [*result.rewrites, *result.graph_passes], result.seconds)
         except ExportError as exc:
             if rewrite:
                 return exc
@@ -251,7 +253,8 @@ def _build(
     ort_runner = OrtRunner(
         path, providers=[*providers, "CPUExecutionProvider"], threads=threads, config=ORT_BENCH_CONFIG
     )
-    return BenchTarget(mut.name, backend, precision, _runner_call(ort_runner, mut.feed), export=info)
+    call = _runner_call(ort_runner, mut.feed)
+    return BenchTarget(mut.name, backend, precision, call, export=info, onnx_path=path)
 
 
 def _tensorrt_target(mut: ModelUnderTest, info: ExportInfo, precision: str, cache: OnnxCache) -> BenchTarget:

@@ -46,6 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cuda-graphs", action="store_true", help="torch-cuda: replay the forward as a CUDA graph"
     )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="show the op histogram of the graph ONNX Runtime optimised (NCHWc convs, reorders, unfused ops)",
+    )
     add_json_option(p, "the results")
     p.add_argument(
         "--out",
@@ -120,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
             on_stage=on_stage,
             on_call=on_call,
             on_timing_start=on_timing_start,
+            explain=args.explain,
         )
     console.print(
         f"threads fixed at {result.threads} (torch.set_num_threads, ORT intra_op_num_threads); "
@@ -129,12 +135,19 @@ def run(args: argparse.Namespace) -> int:
     rows, seed = [], None
     if arch:
         rows = attention_table(result, arch)
-        seed = compare_with_seed(rows, arch, claims) if claims and claims.for_arch(arch) else None
+        seed = (
+            compare_with_seed(rows, arch, claims, imgsz=result.square_size)
+            if claims and claims.for_arch(arch)
+            else None
+        )
         print_table(render.attention_cost_table(rows, arch, result.batch))
         if seed is not None:
             print_table(render.seed_table(seed))
     print_table(render.latency_table(result))
-    print_table(render.checks_table(render.speed_checks(result)))
+    checks = render.speed_checks(result) + (render.overhead_checks(rows, arch, seed) if arch else [])
+    print_table(render.checks_table(checks))
+    if args.explain:
+        print_table(render.explain_table(result))
     for warning in result.warnings():
         warn(warning)
     if args.json:

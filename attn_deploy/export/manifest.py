@@ -52,6 +52,7 @@ def build_manifest(
         "export_shape": None,
         "rewrites": result.rewrites,
         "rewrite_sites": [{"rule": s.rule, "module": s.module} for s in result.rewrite_sites],
+        "graph_passes": result.graph_passes,
         "ops": {"before": result.ops_before, "after": result.ops_after},
         "tensorrt_lint": [str(issue) for issue in result.lint],
         "parity": parity_dict(result),

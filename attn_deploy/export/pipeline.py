@@ -1,7 +1,8 @@
 """``export_onnx``: any ``nn.Module`` -> a verified ONNX file, or a clear ``ExportError`` and nothing written.
 
 Stages (each reported to ``on_stage`` for progress display):
-trace with the deploy rewrites -> ONNX (dynamo exporter) -> simplify (onnxslim) -> check dynamic dims ->
+trace with the deploy rewrites -> ONNX (dynamo exporter) -> simplify (onnxslim) -> graph passes (ort_passes) ->
+check dynamic dims ->
 verify in ONNX Runtime against PyTorch at the export shape and, when dynamic, at two other shapes -> write.
 When the dynamo exporter fails, specialises a dynamic dim or writes a graph that does not verify, the TorchScript
 exporter (``dynamo=False``) gets the same chance; whichever graph verifies is kept (``ExportResult.exporter``).
@@ -44,6 +45,7 @@ from attn_deploy.errors import (
     exception_summary,
 )
 from attn_deploy.export.lint import LintIssue, lint_tensorrt
+from attn_deploy.export.ort_passes import apply_graph_passes
 from attn_deploy.export.shapes import (
     DIM_NAMES,
     dynamic_axes_for,
@@ -79,6 +81,8 @@ class ExportResult:
     lint: list[LintIssue] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     exporter: str = "dynamo"
+    graph_passes: dict[str, int] = field(default_factory=dict)
+    """Deploy-time ONNX graph passes applied (name -> sites), see :mod:`attn_deploy.export.ort_passes`."""
 
 
 Case = tuple[tuple[int, ...], tuple[torch.Tensor, ...], list[np.ndarray]]  # shape, inputs, PyTorch outputs
@@ -419,6 +423,7 @@ def export_onnx(
     simplify: bool = True,
     verify: bool = True,
     rewrite: bool = True,
+    graph_passes: bool = True,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     atol: float = 1e-4,
@@ -442,6 +447,8 @@ def export_onnx(
             PyTorch model accepts; refuse nondeterministic models (two runs differ), modules stuck in train mode
             and non-finite PyTorch outputs.
         rewrite: apply the deploy rewrites while tracing (``False`` gives the naive export, for comparison).
+        graph_passes: with ``rewrite``, run the deploy-time ONNX graph passes (:mod:`.ort_passes`) after
+            simplification (``False``: the graph as before those passes, for measuring them).
         input_names / output_names: graph names (default ``images`` / ``output0..N``).
         atol, rtol: an output passes when every element is within ``atol + rtol * max|reference|`` (graphs
             with TopK may have 0.1% of elements past it: a last-bit difference can flip a selection);
@@ -502,6 +509,9 @@ def export_onnx(
         if simplify:
             timer.start("simplify")
             proto = simplify_model(proto)
+        passes = (
+            apply_graph_passes(proto) if rewrite and graph_passes else {}
+        )  # exact; verified below with the rest
         ops_after = op_histogram(proto)
         name_output_dims(proto)  # `anchors`, not a 200-character formula, in the graph and the manifest
         inputs, outputs = graph_signature(proto)
@@ -548,4 +558,5 @@ def export_onnx(
         lint=lint,
         stage_seconds=timer.seconds,
         exporter=exporter,
+        graph_passes=passes,
     )

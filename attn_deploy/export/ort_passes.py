@@ -1,0 +1,333 @@
+"""Deploy-time ONNX graph passes: exact rewrites of attention-module patterns into forms runtimes run faster.
+
+ONNX Runtime's CPU provider runs convolutions in a blocked channel layout (NCHWc, ``NchwcTransformer``) and
+inserts a ``ReorderOutput``/``ReorderInput`` pair (each a copy of the full tensor) wherever an op outside
+its NCHWc set reads a blocked tensor. Its NCHWc set holds ``Conv``, ``GlobalAveragePool``,
+``GlobalMaxPool``, pools, ``Relu``/``Sigmoid``/``Tanh``, same-shape ``Add``/``Sum``/``Mul``, channel
+``Concat`` and nearest ``Resize``; ``ReduceMean``, ``Gemm``, ``Reshape`` and ``Expand`` are not in it
+(onnxruntime ``core/optimizer/nchwc_transformer.cc``, ``NchwcTransformerImpl::Transform``).
+
+Each pass keeps the values the graph computes, by construction:
+
+* ``expand->broadcast``: ``op(x, Expand(y, s))`` with ``op`` a broadcasting element-wise op (Add, Sub, Mul,
+  Div) and ``s`` equal to ``x``'s shape (a constant equal to the inferred static shape, or ``Shape(x)``)
+  becomes ``op(x, y)``: broadcasting ``y`` against ``x`` gives the same elements, never materialised.
+* ``reduce_mean->global_avg_pool`` (and ``reduce_max->global_max_pool``): a 4-D ``ReduceMean`` /
+  ``ReduceMax`` over axes (2, 3) with ``keepdims=1`` is ``GlobalAveragePool`` / ``GlobalMaxPool``
+  (the same mean / max per (batch, channel)); the pool stays in NCHWc.
+* ``pooled_gemm->conv1x1``: ``Reshape (B,C,1,1)->(B,C)``, then ``Gemm`` layers (constant weights,
+  ``transB=1``) and element-wise activations, then ``Reshape (B,C',1,1)``, becomes the same layers as 1x1
+  ``Conv`` on the (B,C,1,1) tensor: a 1x1 convolution on a 1x1 map is that matrix product. The squeeze /
+  excite MLP of SE then stays in NCHWc with its activation fused, and the two reshapes go.
+
+Every export with the deploy rewrites runs these passes before verification, so the graph that is written is
+the graph compared with PyTorch (at the export shape and, when dynamic, at unseen shapes). TensorRT parses
+every op produced here (``GlobalAveragePool``, ``GlobalMaxPool``, ``Conv``); the lint runs after them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+BROADCASTING_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
+ACTIVATIONS = frozenset({"Relu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu"})
+"""Element-wise activations a pooled MLP may use between its layers (shape-preserving, one input)."""
+GLOBAL_POOL_FOR = {"ReduceMean": "GlobalAveragePool", "ReduceMax": "GlobalMaxPool"}
+FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE})
+"""Element types global pools and convolutions take (reductions and Gemm also take integers)."""
+
+Dims = tuple[int | str | None, ...]
+"""An inferred shape: an int per static dim, the symbol of a named dynamic dim, ``None`` when unknown."""
+
+
+@dataclass(frozen=True)
+class GraphPass:
+    """A named pass: ``apply(graph_view)`` rewrites the graph in place and returns how many sites it changed."""
+
+    name: str
+    apply: Callable[[EditableGraph], int]
+
+
+class EditableGraph:
+    """The main graph of a model, edited in place, with what the passes look up: producers, consumers,
+    constants, shapes.
+
+    Unlike the read-only :class:`attn_deploy.precision.graph.GraphView` (which holds a shape-inferred copy and
+    sits above ``export`` in the import order), the passes edit the model itself, and infer shapes on a copy
+    without its large weights (milliseconds instead of seconds on resnet50).
+    """
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.shapes, self.types = _inferred_shapes(model)
+        self.reindex()
+
+    def reindex(self) -> None:
+        """Rebuild producers, consumers and constants after an edit.
+
+        Shapes are inferred once: the passes keep every tensor they leave in place at its shape (a rewired
+        ``Expand`` reader, a pool replacing a reduce and a chain turned into 1x1 convolutions compute tensors of
+        the same shapes), so the inferred shapes stay valid for the tensors later passes look at.
+        """
+        g = self.graph
+        self.producer = {out: node for node in g.node for out in node.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in g.node:
+            for name in node.input:
+                self.consumers[name].append(node)
+        self.outputs = {o.name for o in g.output}
+        self.initializers = {i.name: i for i in g.initializer}
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of an initializer or a ``Constant`` node's output, else ``None``."""
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return numpy_helper.to_array(attr.t)
+        return None
+
+    def shape(self, name: str) -> Dims | None:
+        """Inferred shape of a tensor (``None`` when unknown)."""
+        return self.shapes.get(name)
+
+    def only_consumer(self, name: str) -> onnx.NodeProto | None:
+        """The single node reading ``name`` when it is not also a graph output."""
+        readers = self.consumers.get(name, [])
+        return readers[0] if len(readers) == 1 and name not in self.outputs else None
+
+    def remove(self, nodes: list[onnx.NodeProto]) -> None:
+        """Drop nodes (by identity), then initializers nothing reads any more."""
+        drop = {id(n) for n in nodes}
+        keep = [n for n in self.graph.node if id(n) not in drop]
+        del self.graph.node[:]
+        self.graph.node.extend(keep)
+        used = {name for n in self.graph.node for name in n.input} | self.outputs
+        unused = [i for i in self.graph.initializer if i.name not in used]
+        for init in unused:
+            self.graph.initializer.remove(init)
+
+
+SMALL_CONSTANT = 64
+"""Initializers up to this many elements keep their values for shape inference (shape tensors, axes)."""
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without its large weights (declared as typed inputs instead): shape inference in milliseconds."""
+    light = onnx.ModelProto()
+    light.CopyFrom(onnx.helper.make_model(onnx.GraphProto(), opset_imports=model.opset_import))
+    light.ir_version = model.ir_version
+    g = light.graph
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    for init in model.graph.initializer:
+        if int(np.prod(init.dims)) <= SMALL_CONSTANT:
+            g.initializer.append(init)
+        else:
+            g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return light
+
+
+def _inferred_shapes(model: onnx.ModelProto) -> tuple[dict[str, Dims], dict[str, int]]:
+    """Inferred shapes and element types (``onnx.TensorProto`` enum) of the tensors shape inference reaches."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_skeleton(model), strict_mode=False, data_prop=True)
+    except Exception:  # a graph onnx cannot infer (custom domains): passes then match nothing
+        inferred = model
+    shapes: dict[str, Dims] = {}
+    types: dict[str, int] = {}
+    g = inferred.graph
+    for value in [*g.input, *g.value_info, *g.output]:
+        tensor = value.type.tensor_type
+        types[value.name] = tensor.elem_type
+        if not tensor.HasField("shape"):
+            continue
+        shapes[value.name] = tuple(
+            int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim
+        )
+    return shapes, types
+
+
+def _known(dims: Dims | None) -> bool:
+    return dims is not None and all(d is not None for d in dims)
+
+
+def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
+
+
+# -- expand -> broadcast ------------------------------------------------------------------------------
+def _expand_matches_operand(view: EditableGraph, expand: onnx.NodeProto, other: str) -> bool:
+    """True when the Expand's target shape is provably ``other``'s shape."""
+    target = expand.input[1]
+    source = view.producer.get(target)
+    if source is not None and source.op_type == "Shape" and source.input[0] == other:
+        return not any(a.name in ("start", "end") for a in source.attribute)
+    value = view.constant(target)
+    other_shape = view.shape(other)
+    if value is not None and _known(other_shape) and all(isinstance(d, int) for d in other_shape or ()):
+        return tuple(int(v) for v in value.reshape(-1)) == other_shape
+    out_shape = view.shape(expand.output[0])
+    return _known(out_shape) and out_shape == other_shape
+
+
+def drop_broadcast_expand(view: EditableGraph) -> int:
+    """``op(x, Expand(y, shape(x)))`` -> ``op(x, y)`` for broadcasting element-wise ops."""
+    changed = 0
+    dead: list[onnx.NodeProto] = []
+    for expand in [n for n in view.graph.node if n.op_type == "Expand"]:
+        out = expand.output[0]
+        readers = view.consumers.get(out, [])
+        if not readers or out in view.outputs:
+            continue
+        rewired = 0
+        for reader in readers:
+            if reader.op_type not in BROADCASTING_OPS or len(reader.input) != 2:
+                continue
+            slot = 0 if reader.input[0] == out else 1
+            other = reader.input[1 - slot]
+            if other == out or not _expand_matches_operand(view, expand, other):
+                continue
+            reader.input[slot] = expand.input[0]
+            rewired += 1
+        changed += rewired
+        if rewired == len(readers):
+            dead.append(expand)
+    if changed:
+        view.remove(dead)
+    return changed
+
+
+# -- reduce -> global pool ----------------------------------------------------------------------------
+def _reduce_axes(view: EditableGraph, node: onnx.NodeProto) -> list[int] | None:
+    if len(node.input) > 1 and node.input[1]:
+        value = view.constant(node.input[1])
+        return None if value is None else [int(a) for a in value.reshape(-1)]
+    axes = _attr(node, "axes", None)
+    return [int(a) for a in axes] if axes is not None else None  # type: ignore[union-attr]
+
+
+def reduce_to_global_pool(view: EditableGraph) -> int:
+    """4-D ``ReduceMean``/``ReduceMax`` over (H, W), keepdims -> ``GlobalAveragePool``/``GlobalMaxPool``."""
+    changed = 0
+    for node in view.graph.node:
+        if node.op_type not in GLOBAL_POOL_FOR or node.domain not in ("", "ai.onnx"):
+            continue
+        shape = view.shape(node.input[0])
+        axes = _reduce_axes(view, node)
+        if shape is None or len(shape) != 4 or axes is None or _attr(node, "keepdims", 1) != 1:
+            continue
+        if view.types.get(node.input[0]) not in FLOAT_TYPES:
+            continue
+        if sorted(a % 4 for a in axes) != [2, 3]:
+            continue
+        node.op_type = GLOBAL_POOL_FOR[node.op_type]
+        del node.input[1:]
+        del node.attribute[:]
+        changed += 1
+    if changed:
+        view.remove([])  # the axes constants
+    return changed
+
+
+# -- pooled gemm -> 1x1 conv --------------------------------------------------------------------------
+def _is_plain_gemm(view: EditableGraph, node: onnx.NodeProto) -> bool:
+    if node.op_type != "Gemm" or _attr(node, "transA", 0) != 0 or _attr(node, "transB", 0) != 1:
+        return False
+    if _attr(node, "alpha", 1.0) != 1.0 or _attr(node, "beta", 1.0) != 1.0:
+        return False
+    weight = view.constant(node.input[1])
+    bias = view.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if weight is None or weight.ndim != 2 or node.input[1] not in view.initializers:
+        return False
+    if view.initializers[node.input[1]].data_type not in FLOAT_TYPES:
+        return False
+    if len(node.input) > 2 and node.input[2] and (bias is None or bias.shape != (weight.shape[0],)):
+        return False
+    return len(view.consumers.get(node.input[1], [])) == 1
+
+
+def _pooled_chain(
+    view: EditableGraph, start: onnx.NodeProto
+) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
+    """From a Reshape (B,C,1,1)->(B,C): the Gemm/activation chain and the closing Reshape to (B,C',1,1)."""
+    src, dst = view.shape(start.input[0]), view.shape(start.output[0])
+    if src is None or dst is None or len(src) != 4 or len(dst) != 2 or src[2:] != (1, 1) or src[:2] != dst:
+        return None
+    chain: list[onnx.NodeProto] = []
+    current = start.output[0]
+    while True:
+        node = view.only_consumer(current)
+        if node is None:
+            return None
+        if node.op_type == "Reshape":
+            end = view.shape(node.output[0])
+            ok = end is not None and len(end) == 4 and end[2:] == (1, 1) and end[:2] == view.shape(current)
+            return (chain, node) if ok and chain else None
+        layer = node.op_type == "Gemm" and _is_plain_gemm(view, node)
+        if node.input[0] != current or not (layer or node.op_type in ACTIVATIONS):
+            return None
+        chain.append(node)
+        current = node.output[0]
+
+
+def pooled_gemm_to_conv(view: EditableGraph) -> int:
+    """``Reshape -> (Gemm | activation)* -> Reshape`` on a pooled (B,C,1,1) vector -> 1x1 ``Conv`` layers."""
+    changed = 0
+    reshapes: list[onnx.NodeProto] = []
+    for start in [n for n in view.graph.node if n.op_type == "Reshape"]:
+        found = _pooled_chain(view, start)
+        if found is None:
+            continue
+        chain, end = found
+        for node in chain:
+            if node.op_type == "Gemm":
+                weight = view.initializers[node.input[1]]
+                w = numpy_helper.to_array(weight)
+                weight.CopyFrom(numpy_helper.from_array(w.reshape(*w.shape, 1, 1), weight.name))
+                node.op_type = "Conv"
+                del node.attribute[:]
+                changed += 1
+        chain[0].input[0] = start.input[0]
+        chain[-1].output[0] = end.output[0]
+        reshapes += [start, end]
+    if reshapes:
+        view.remove(reshapes)
+    return changed
+
+
+PASSES: tuple[GraphPass, ...] = (
+    GraphPass("expand->broadcast", drop_broadcast_expand),
+    GraphPass("reduce->global_pool", reduce_to_global_pool),
+    GraphPass("pooled_gemm->conv1x1", pooled_gemm_to_conv),
+)
+
+
+def apply_graph_passes(model: onnx.ModelProto, passes: tuple[GraphPass, ...] = PASSES) -> dict[str, int]:
+    """Run ``passes`` on ``model`` in place, in order; return the sites changed per pass (0s left out).
+
+    Stale ``value_info`` is dropped where a pass changed the graph (runtimes infer shapes again on load).
+    """
+    applied: dict[str, int] = {}
+    view = EditableGraph(model)
+    for graph_pass in passes:
+        count = graph_pass.apply(view)
+        if count:
+            applied[graph_pass.name] = count
+            view.reindex()
+    if applied:
+        del model.graph.value_info[:]
+    return applied

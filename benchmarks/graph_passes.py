@@ -1,0 +1,190 @@
+"""Before/after of the deploy-time ONNX graph passes (issue 13) on ONNX Runtime CPU, FP32, batch 1.
+
+    python -m benchmarks.graph_passes [--models resnet50-none,resnet50-se,...] [--rounds 15] [--threads 2]
+
+For each model: our export without the passes ("before") and with them ("after"), both verified against
+PyTorch by the export; the op histogram of the graph ONNX Runtime optimises from each (``bench --explain``);
+then every session timed interleaved, round-robin, ``--rounds`` rounds. Reported: the median over rounds of
+the per-round ratio before / after (robust on a shared machine: both calls of a round see the same load),
+and each model's latency overhead over ``<arch>-none`` before and after. Writes
+``benchmarks/results/<--name>.{md,json}`` (default ``graph_passes``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attn_deploy.backends.ort import make_session
+from attn_deploy.bench.explain import explain_counts, optimized_op_histogram
+from attn_deploy.bench.machine import describe_machine, load_average
+from attn_deploy.bench.run import prepare_model
+from attn_deploy.bench.targets import ORT_BENCH_CONFIG
+from attn_deploy.bench.timing import SETTLE_S, fix_threads, interleaved_order
+from attn_deploy.export.pipeline import export_onnx
+from attn_deploy.fsutil import write_json, write_text
+from attn_deploy.markdown import fmt, markdown_table
+
+DEFAULT_MODELS = "resnet50-none,resnet50-se,resnet50-eca,resnet50-cbam,resnet50-coordatt,resnet50-ema"
+OUT = Path("benchmarks/results")
+
+
+def export_pair(name: str, folder: Path) -> dict[str, Any]:
+    """Our export of ``name`` without and with the graph passes; paths, passes, explain counts."""
+    mut = prepare_model(name, None, 1)
+    entry: dict[str, Any] = {"model": name, "feed": mut.feed}
+    for variant, passes in (("before", False), ("after", True)):
+        path = folder / f"{name}-{variant}.onnx"
+        result = export_onnx(
+            mut.module,
+            mut.sample,
+            path,
+            graph_passes=passes,
+            input_names=[mut.input_name],
+            output_names=mut.output_names,
+        )
+        entry[variant] = {
+            "path": path,
+            "passes": result.graph_passes,
+            "explain": explain_counts(optimized_op_histogram(path)),
+            "max_abs_err": result.parity.max_abs,
+            "cosine": result.parity.cosine,
+        }
+    return entry
+
+
+def time_rounds(entries: list[dict[str, Any]], threads: int, rounds: int) -> dict[str, list[float]]:
+    """Interleaved wall times (ms) per ``model/variant``, one call each per round, order rotating."""
+    calls = {}
+    for e in entries:
+        for variant in ("before", "after"):
+            session = make_session(e[variant]["path"], threads=threads, config=ORT_BENCH_CONFIG)
+            feed = e["feed"]
+            calls[f"{e['model']}/{variant}"] = lambda s=session, f=feed: s.run(None, f)
+    for call in calls.values():  # warm-up
+        call()
+        call()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for order in interleaved_order(list(calls), rounds):
+        for key in order:
+            time.sleep(SETTLE_S)
+            started = time.perf_counter()
+            calls[key]()
+            times[key].append((time.perf_counter() - started) * 1000.0)
+    return times
+
+
+def summarise(entries: list[dict[str, Any]], times: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """Per model: p50 before/after, median per-round speed-up, overhead vs the arch's none before/after."""
+    rows = []
+    for e in entries:
+        name = e["model"]
+        before, after = np.array(times[f"{name}/before"]), np.array(times[f"{name}/after"])
+        base = f"{name.split('-', 1)[0]}-none"
+        row = {
+            "model": name,
+            "p50_before_ms": float(np.median(before)),
+            "p50_after_ms": float(np.median(after)),
+            "speedup": float(np.median(before / after)),
+            "speedup_iqr": [
+                float(np.percentile(before / after, 25)),
+                float(np.percentile(before / after, 75)),
+            ],
+            "passes": e["after"]["passes"],
+            "explain_before": e["before"]["explain"],
+            "explain_after": e["after"]["explain"],
+        }
+        for variant in ("before", "after"):
+            if f"{base}/{variant}" in times and base != name:
+                ratio = np.array(times[f"{name}/{variant}"]) / np.array(times[f"{base}/{variant}"])
+                row[f"overhead_{variant}_pct"] = float((np.median(ratio) - 1.0) * 100.0)
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], doc: dict[str, Any]) -> str:
+    """The results file."""
+    m = doc["machine"]
+    table = [
+        [
+            r["model"],
+            r["p50_before_ms"],
+            r["p50_after_ms"],
+            r["speedup"],
+            f"{r['speedup_iqr'][0]:.2f}-{r['speedup_iqr'][1]:.2f}",
+            r.get("overhead_before_pct"),
+            r.get("overhead_after_pct"),
+            f"{r['explain_before']['reorders']} / {r['explain_after']['reorders']}",
+            f"{r['explain_before']['Expand']} / {r['explain_after']['Expand']}",
+            f"{r['explain_before']['nodes']} / {r['explain_after']['nodes']}",
+            ", ".join(f"{k} {v}" for k, v in r["passes"].items()) or "-",
+        ]
+        for r in rows
+    ]
+    headers = [
+        "model",
+        "p50 before ms",
+        "p50 after ms",
+        "before / after (median of rounds)",
+        "IQR",
+        "overhead vs none before %",
+        "after %",
+        "ORT reorders b/a",
+        "Expand b/a",
+        "ORT nodes b/a",
+        "passes applied",
+    ]
+    return (
+        "# Deploy-time graph passes: before / after on ONNX Runtime CPU (FP32, batch 1)\n\n"
+        f"- CPU: {m.get('cpu')} ({m.get('physical_cores')} cores), {doc['threads']} threads, "
+        f"{doc['rounds']} interleaved rounds; load average before {doc['load_before']}, after {doc['load_after']}\n"
+        "- SHARED machine: other jobs ran during the measurement, so absolute times are inflated and noisy. "
+        "Each ratio is the median over rounds of before/after measured back to back in the same round; "
+        "the IQR column shows its spread.\n"
+        "- before = our export without the graph passes (what every export was until 2026-12-01); after = with "
+        "them. Both verified against PyTorch by the export.\n\n" + markdown_table(headers, table) + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Export, explain, time, write."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=DEFAULT_MODELS)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--name", default="graph_passes", help="file stem of the results (default graph_passes)"
+    )
+    args = parser.parse_args(argv)
+    threads = fix_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="graph-passes-") as tmp:
+        entries = [export_pair(name, Path(tmp)) for name in args.models.split(",")]
+        load_before = load_average()
+        times = time_rounds(entries, threads, args.rounds)
+        load_after = load_average()
+    rows = summarise(entries, times)
+    doc = {
+        "machine": describe_machine(threads),
+        "threads": threads,
+        "rounds": args.rounds,
+        "load_before": load_before,
+        "load_after": load_after,
+        "rows": rows,
+        "times_ms": times,
+    }
+    write_json(args.out / f"{args.name}.json", doc)
+    write_text(args.out / f"{args.name}.md", markdown(rows, doc))
+    for r in rows:
+        print(r["model"], fmt(r["speedup"]), r.get("overhead_before_pct"), r.get("overhead_after_pct"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Deploy-time ONNX graph passes (attn_deploy.export.ort_passes): they fire where exact and nowhere else.
+
+Equality is checked against PyTorch through the real export pipeline (ONNX Runtime CPU) and, for the hand-built
+graphs, by running the graph before and after a pass on the same input. At unseen shapes: every attention
+module is exported with dynamic batch and H/W, passes on, and compared with PyTorch at three shapes the export
+never saw in tests/test_export_attention.py (not repeated here: each export costs seconds).
+
+Tolerances: the passes only change the summation order of a mean (GlobalAveragePool vs ReduceMean) and run a
+matrix product as a 1x1 convolution, so outputs differ by FP32 rounding only: 1e-5 relative on O(1) values
+holds on any x86 CPU kernel (AVX2, AVX-512, AMX all accumulate in FP32).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from attn_deploy.attention import create_attention
+from attn_deploy.export.lint import lint_tensorrt
+from attn_deploy.export.ort_passes import apply_graph_passes
+from attn_deploy.export.pipeline import export_onnx
+from tests.conftest import assert_ort_matches_torch
+
+
+def _block(attention: str) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), create_attention(attention, 32), nn.Conv2d(32, 16, 1)
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def se_static(tmp_path_factory):
+    model = _block("se")
+    path = tmp_path_factory.mktemp("passes") / "se.onnx"
+    return model, export_onnx(model, torch.rand(1, 3, 64, 64), path)
+
+
+def test_se_static_export_loses_expand_reshape_and_gemm(se_static) -> None:
+    model, result = se_static
+    assert result.graph_passes == {
+        "expand->broadcast": 1,
+        "reduce->global_pool": 1,
+        "pooled_gemm->conv1x1": 2,
+    }
+    for gone in ("Expand", "Reshape", "Gemm", "ReduceMean"):
+        assert gone not in result.ops_after, result.ops_after
+    assert result.ops_after["GlobalAveragePool"] == 1
+    # the written file is what was verified; check it once more on fresh values
+    assert_ort_matches_torch(model, result.path, [(1, 3, 64, 64)])
+    assert lint_tensorrt(onnx.load(result.path)) == []
+
+
+# -- hand-built graphs: the passes decline what is not provably the same ------------------------------
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def _graph(nodes, inputs, output, inits=()) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, [output], initializer=list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _f32(name: str, shape: list[int]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def test_expand_to_a_larger_shape_than_the_other_operand_stays() -> None:
+    # x (1,4,1,1) * Expand(y, [1,4,8,8]): the Expand decides the output shape; dropping it would change it
+    shape = numpy_helper.from_array(np.array([1, 4, 8, 8], np.int64), "s")
+    nodes = [helper.make_node("Expand", ["y", "s"], ["e"]), helper.make_node("Mul", ["x", "e"], ["out"])]
+    model = _graph(nodes, [_f32("x", [1, 4, 1, 1]), _f32("y", [1, 4, 1, 1])], _f32("out", None), [shape])
+    assert apply_graph_passes(model) == {}
+    assert [n.op_type for n in model.graph.node] == ["Expand", "Mul"]
+
+
+def test_expand_to_the_other_operands_shape_goes_and_values_stay() -> None:
+    shape = numpy_helper.from_array(np.array([2, 4, 8, 8], np.int64), "s")
+    nodes = [helper.make_node("Expand", ["y", "s"], ["e"]), helper.make_node("Mul", ["e", "x"], ["out"])]
+    model = _graph(nodes, [_f32("x", [2, 4, 8, 8]), _f32("y", [2, 4, 1, 1])], _f32("out", None), [shape])
+    rng = np.random.default_rng(0)
+    feeds = {
+        "x": rng.standard_normal((2, 4, 8, 8), np.float32),
+        "y": rng.standard_normal((2, 4, 1, 1), np.float32),
+    }
+    before = _run(model, feeds)[0]
+    assert apply_graph_passes(model) == {"expand->broadcast": 1}
+    assert [n.op_type for n in model.graph.node] == ["Mul"]
+    np.testing.assert_array_equal(_run(model, feeds)[0], before)  # the same products, bit for bit
+
+
+@pytest.mark.parametrize(
+    ("axes", "keepdims", "fires"),
+    [([2, 3], 1, True), ([-1, -2], 1, True), ([1], 1, False), ([2, 3], 0, False)],
+)
+def test_reduce_mean_becomes_global_pool_only_over_hw_with_keepdims(axes, keepdims, fires) -> None:
+    axes_init = numpy_helper.from_array(np.array(axes, np.int64), "axes")
+    nodes = [helper.make_node("ReduceMean", ["x", "axes"], ["out"], keepdims=keepdims)]
+    model = _graph(nodes, [_f32("x", [2, 8, 5, 7])], _f32("out", None), [axes_init])
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 8, 5, 7), np.float32)}
+    before = _run(model, feeds)[0]
+    assert bool(apply_graph_passes(model)) is fires
+    after = _run(model, feeds)[0]
+    assert after.shape == before.shape
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)  # summation order only
+
+
+def test_integer_reduce_mean_is_left_alone() -> None:
+    # GlobalAveragePool takes floats only; ReduceMean also reduces integers
+    axes = numpy_helper.from_array(np.array([2, 3], np.int64), "axes")
+    nodes = [helper.make_node("ReduceMean", ["x", "axes"], ["out"], keepdims=1)]
+    x = helper.make_tensor_value_info("x", TensorProto.INT32, [1, 2, 3, 3])
+    model = _graph(nodes, [x], helper.make_tensor_value_info("out", TensorProto.INT32, None), [axes])
+    assert apply_graph_passes(model) == {}
+
+
+def test_gemm_with_untransposed_weight_is_left_alone() -> None:
+    # transB=0 is a different weight layout; the pass only takes the layout nn.Linear exports
+    inits = [
+        numpy_helper.from_array(np.array([2, 8], np.int64), "flat"),
+        numpy_helper.from_array(np.ones((8, 8), np.float32), "w"),
+        numpy_helper.from_array(np.array([2, 8, 1, 1], np.int64), "back"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["x", "flat"], ["v"]),
+        helper.make_node("Gemm", ["v", "w"], ["g"], transB=0),
+        helper.make_node("Reshape", ["g", "back"], ["out"]),
+    ]
+    model = _graph(nodes, [_f32("x", [2, 8, 1, 1])], _f32("out", None), inits)
+    assert apply_graph_passes(model) == {}
