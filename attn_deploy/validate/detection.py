@@ -69,11 +69,11 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression, highest score first."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU, limit: int | None = None) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, highest score first (the first ``limit`` of them)."""
     order = np.argsort(-scores, kind="stable")
     keep: list[int] = []
-    while order.size:
+    while order.size and (limit is None or len(keep) < limit):
         best, order = order[0], order[1:]
         keep.append(int(best))
         if order.size:
@@ -88,7 +88,7 @@ def decode(output: np.ndarray, conf: float, iou: float = NMS_IOU, max_det: int =
     scores = cls_scores[np.arange(len(classes)), classes]
     mask = scores >= conf
     xywh, scores, classes = xywh[mask], scores[mask], classes[mask]
-    boxes = _xyxy(xywh)
+    boxes = xywh_to_xyxy(xywh)
     offset = boxes + classes[:, None] * (
         boxes.max(initial=0.0) + 1.0
     )  # boxes of different classes never overlap
@@ -145,12 +145,13 @@ def anchor_box_agreement(
     for ref_out, cand_out in zip(reference, candidate, strict=True):
         k = min(top_k, ref_out.shape[1])
         anchors = np.argsort(-ref_out[4:].max(0), kind="stable")[:k]
-        ref_boxes, cand_boxes = _xyxy(ref_out[:4, anchors].T), _xyxy(cand_out[:4, anchors].T)
+        ref_boxes, cand_boxes = xywh_to_xyxy(ref_out[:4, anchors].T), xywh_to_xyxy(cand_out[:4, anchors].T)
         overlaps = box_iou(ref_boxes, cand_boxes).diagonal()
         hits, total = hits + int(np.count_nonzero(overlaps >= iou)), total + k
     return hits / total if total else 1.0
 
 
-def _xyxy(xywh: np.ndarray) -> np.ndarray:
+def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
+    """``(N, 4)`` centre-size boxes -> corner boxes, float64."""
     xywh = xywh.astype(np.float64)
     return np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], axis=1)
