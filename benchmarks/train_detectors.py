@@ -1,9 +1,9 @@
 """Train the zoo's yolov8n-{none,se,cbam,eca,ema} on the synthetic detection set: the trained detectors of issue 11.
 
-    python -m benchmarks.train_detectors [--attentions none ema ...] [--minutes 12] [--imgsz 192]
+    python -m benchmarks.train_detectors [--attentions none ema ...] [--minutes 14] [--imgsz 128]
 
 Makes the dataset first if it is missing (``attn-deploy make-data --task detect``, seed 0, under
-``build/detect-data``), then trains each model from its zoo initialisation with
+``build/detect-data-128``), then trains each model from its zoo initialisation with
 :func:`attn_deploy.train.train_detector` (YOLOv8 loss, AdamW + warm-up, EMA) for ``--epochs`` epochs or
 ``--minutes`` minutes, whichever ends first, and scores the EMA weights in PyTorch FP32 on the val split
 (``yolo val`` postprocess, COCO mAP). Weights go to ``build/trained/yolov8n-<attention>.pt`` (git-ignored;
@@ -33,7 +33,7 @@ from attn_deploy.validate.detection_eval import outputs_of, score_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
-DATA = ROOT / "build" / "detect-data"
+DATA = ROOT / "build" / "detect-data-128"
 TRAINED = ROOT / "build" / "trained"
 ATTENTIONS = ("none", "ema", "eca", "se", "cbam")
 
@@ -135,31 +135,39 @@ def _fmt(value: float | None) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--attentions", nargs="+", default=list(ATTENTIONS), choices=ATTENTIONS)
-    parser.add_argument("--images", type=int, default=1500, help="dataset size (train + val; 20 %% val)")
-    parser.add_argument("--imgsz", type=int, default=192)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--images", type=int, default=1200, help="dataset size (train + val; 20 %% val)")
+    parser.add_argument("--imgsz", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--epochs", type=float, default=30)
-    parser.add_argument("--minutes", type=float, default=12.0, help="time limit of each training")
+    parser.add_argument("--minutes", type=float, default=14.0, help="time limit of each training")
     parser.add_argument("--lr", type=float, default=0.002)
     parser.add_argument("--data", type=Path, default=DATA, help="dataset folder (made when missing)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a busy machine 2 OpenMP threads spin and run ~10x slower)",
+    )
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     data_yaml = ensure_dataset(args.images, args.imgsz, args.data)
-    path = RESULTS / "train_detectors.json"
-    entries = json.loads(path.read_text())["models"] if path.is_file() else {}
     meta = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "dataset": f"attn-deploy make-data --task detect --images {args.images} --imgsz {args.imgsz} --seed 0",
         "note": (
-            "Trained on 2 CPU cores shared with 5 other jobs (load average 4-6): the time limit, not the "
-            "epoch count, ended each run; timings are under contention."
+            "Trained with 1 torch thread each, two trainings at a time, on a 2-core machine shared with 5 other "
+            "jobs (load average 8-12): the time limit, not the epoch count, ended each run; timings are under "
+            "contention."
         ),
     }
     for attention in args.attentions:
         print(f"training yolov8n-{attention}", flush=True)
-        entries[f"yolov8n-{attention}"] = train_one(attention, data_yaml, args)
-        write_results(entries, meta)
-        print(json.dumps(entries[f"yolov8n-{attention}"]["pytorch_fp32_val"]), flush=True)
+        entry = train_one(attention, data_yaml, args)
+        path = RESULTS / "train_detectors.json"  # read again: other runs may have added models meanwhile
+        entries = json.loads(path.read_text())["models"] if path.is_file() else {}
+        entries[entry["model"]] = entry
+        write_results(dict(sorted(entries.items())), meta)
+        print(json.dumps(entry["pytorch_fp32_val"]), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ Each image is a :mod:`attn_deploy.data.synthetic` scene (sky gradient, 1/f groun
 contrast / gamma, sensor noise) holding 3-10 objects whose *shape* is the class (``ellipse``, ``rectangle``,
 ``triangle``, ``star``, ``cross``), each in a random saturated colour with its own shading and texture:
 
-* sizes from tiny to large: the half-size is log-uniform in 3 %..30 % of the short side, so at 192 px about
-  45 % of the objects are COCO-small (under 32^2 px), 45 % medium and 10 % large;
+* sizes from tiny to large: the half-size is log-uniform in 4 %..35 % of the short side, so at 128 px about
+  half the objects are COCO-small (under 32^2 px) and half medium; at 256 px, 20 % are small, 60 % medium,
+  20 % large;
 * occlusion: objects are painted in order and may cover earlier ones, but a new object that would leave an
   earlier one less than :data:`MIN_VISIBLE` of its pixels is placed again (or dropped), so every label stays
   detectable;
@@ -34,7 +35,7 @@ CLASS_NAMES = LABEL_SHAPES
 """Class ``k`` is an object of shape ``CLASS_NAMES[k]``."""
 OBJECTS = (3, 11)
 """Objects per image: ``rng.integers(*OBJECTS)``."""
-RADIUS = (0.03, 0.30)
+RADIUS = (0.04, 0.35)
 """Half-size range of an object as a fraction of the short side, sampled log-uniformly."""
 MIN_VISIBLE = 0.5
 """Smallest fraction of an earlier object's pixels a later object may leave visible."""

@@ -35,6 +35,7 @@ class ValidationReport:
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     machine: dict[str, Any] = field(default_factory=describe_cpu)  # the CPU whose kernels ran the graph
+    detection: dict[str, Any] | None = None  # with --data: mAP of PyTorch FP32 and the artifact (issue 11)
 
     @property
     def passed(self) -> bool:
@@ -46,6 +47,8 @@ class ValidationReport:
         data = asdict(self)
         data["checks"] = [{**asdict(c), "passed": c.passed} for c in self.checks]
         data["passed"] = self.passed
+        if self.detection is None:
+            del data["detection"]
         return data
 
 
