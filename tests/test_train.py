@@ -112,3 +112,7 @@ def test_two_steps_then_export_and_validate_with_data(tiny_data: Path, tmp_path:
     assert main(["validate", str(artifact.dir), "--data", str(tiny_data), "--image-dir", str(tmp_path)]) == 2
     assert main(["validate", str(artifact.dir), "--data", str(tmp_path / "none.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    other = tmp_path / "other.yaml"
+    other.write_text(tiny_data.read_text().replace("path: .", f"path: {tiny_data.parent}") + "  5: extra\n")
+    assert main(["validate", str(artifact.dir), "--data", str(other)]) == 2
+    assert "detects 5 classes" in capsys.readouterr().err

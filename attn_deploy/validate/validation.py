@@ -83,6 +83,12 @@ def validate_artifact(
     truths = dataset = None
     if data is not None:
         inputs, truths, dataset = labelled_inputs(data, preprocess, num_images, batch)
+        channels = manifest["outputs"][0]["shape"][1] if len(manifest["outputs"][0]["shape"]) == 3 else None
+        if isinstance(channels, int) and channels != 4 + dataset.num_classes:
+            raise InputError(
+                f"{artifact.dir} detects {channels - 4} classes, {data} names {dataset.num_classes}; "
+                "pass the data.yaml the model was trained on"
+            )
         count, source = len(inputs), f"val images of {data}"
     elif image_dir is None:
         count = -(-(num_images or config.validation.num_images) // batch) * batch  # whole batches
