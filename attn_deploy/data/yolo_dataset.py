@@ -77,7 +77,8 @@ def load_data_yaml(path: str | os.PathLike[str]) -> DetectionDataset:
     """Parse ``data.yaml`` (see the module docstring); every problem is a one-line :class:`InputError`."""
     yaml_path = Path(path)
     if not yaml_path.is_file():
-        raise InputError(f"dataset file {yaml_path} does not exist; pass a data.yaml (attn-deploy make-data)")
+        problem = "is not a file" if yaml_path.exists() else "does not exist"
+        raise InputError(f"dataset file {yaml_path} {problem}; pass a data.yaml (attn-deploy make-data)")
     try:
         spec = yaml.safe_load(yaml_path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
