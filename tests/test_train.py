@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,3 +117,16 @@ def test_two_steps_then_export_and_validate_with_data(tiny_data: Path, tmp_path:
     other.write_text(tiny_data.read_text().replace("path: .", f"path: {tiny_data.parent}") + "  5: extra\n")
     assert main(["validate", str(artifact.dir), "--data", str(other)]) == 2
     assert "detects 5 classes" in capsys.readouterr().err
+
+
+def test_classifier_trainer_runs_two_steps() -> None:
+    from attn_deploy.train.classifier import train_classifier
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.standard_normal((8, 3, 32, 32), dtype=np.float32), rng.integers(0, 3, 8)
+    result = train_classifier(
+        create_model("resnet18-eca", num_classes=3, calibrate=False), images, labels, 1, 4
+    )
+    assert len(result.losses) == 2 and not result.model.training
+    with pytest.raises(InputError, match="as many labels"):
+        train_classifier(result.model, images, labels[:3], 1)
