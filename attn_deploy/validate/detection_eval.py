@@ -10,19 +10,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from attn_deploy.backends.base import Runner
 from attn_deploy.data.preprocess import PreprocessSpec, load_image, to_tensor
 from attn_deploy.data.yolo_dataset import DetectionDataset, letterboxed_boxes, load_data_yaml
 from attn_deploy.errors import InputError
 from attn_deploy.validate.detection_map import DetectionMetrics, GroundTruth, evaluate_detections
 from attn_deploy.validate.postprocess import postprocess
-
-
-def runner_predict(runner: Runner) -> Callable[[np.ndarray], np.ndarray]:
-    """``predict(batch)`` of a single-input, single-output runner (activated on first use)."""
-    runner.activate()
-    name, out = runner.input_names[0], runner.output_names[0]
-    return lambda batch: runner.infer({name: batch})[out]
 
 
 def outputs_of(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int) -> np.ndarray:
