@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "triton_repo",
     "build_engine",
     "show_config",
+    "make_data",
 )
 
 EPILOG = """exit codes:

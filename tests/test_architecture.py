@@ -36,6 +36,7 @@ ORDER = [
     "validate",
     "export",
     "precision",
+    "train",  # trainers (issue 11): loss, optimiser, EMA; reads data, models, validate
     # composition and front ends
     "workflow",
     "bench",

@@ -70,6 +70,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="rebuild an artifact exported with --checkpoint --trust-checkpoint or --module: runs that code again",
     )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="detectors: a data.yaml (Ultralytics layout); mAP of PyTorch FP32 and the artifact on its val images",
+    )
+    p.add_argument(
+        "--max-map-drop",
+        type=float,
+        default=None,
+        help="with --data: fail when mAP50-95 drops by more than this many points (e.g. 1.0)",
+    )
     p.set_defaults(func=run)
 
 
@@ -86,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.seed is not None and args.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+    if args.max_map_drop is not None and (args.data is None or not 0 <= args.max_map_drop <= 100):
+        raise ConfigError("--max-map-drop needs --data and a value in 0..100 (points of mAP50-95)")
+    if args.data is not None and args.image_dir is not None:
+        raise ConfigError("--data and --image-dir both choose the images; pass one of them")
     artifact = load_artifact(args.artifact)
     config = load_config(args.config) if args.config else artifact_config(artifact.manifest)
     check_gates_fit(gates, artifact.manifest)
@@ -104,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
             num_images=args.images,
             seed=args.seed,
             image_dir=args.image_dir,
+            data=args.data,
+            max_map_drop=None if args.max_map_drop is None else args.max_map_drop / 100,
             on_batch=lambda done, total: progress.update(task, completed=done, total=total),
             trust=args.trust_checkpoint,
         )
@@ -114,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(checks)
     for line in agreement_lines(report.details):
         console.print(line)
+    if report.detection is not None:
+        console.print(detection_table(report.detection))
     outputs = Table(title="Per output")
     for col in ("output", "max abs", "max rel", "cosine", "non-finite"):
         outputs.add_column(col, justify="right")
@@ -167,6 +186,18 @@ def check_gates_fit(gates: dict[str, float], manifest: dict[str, Any]) -> None:
         if task != wants:
             is_a = f"a {TASK_NOUNS[task]}" if task in TASK_NOUNS else f"of task {task!r}"
             raise ConfigError(f"{flag} gates {TASK_NOUNS[wants]}s; {manifest['model']} is {is_a}")
+
+
+def detection_table(detection: dict[str, Any]) -> Table:
+    """mAP of PyTorch FP32 and the artifact side by side, in points (``-`` where the split has no such box)."""
+    table = Table(title=f"Detection accuracy on {detection['data']} (val)")
+    for col in ("metric", "PyTorch FP32", "artifact", "drop"):
+        table.add_column(col, justify="right")
+    ref, cand = detection["reference"], detection["candidate"]
+    for key in ("map50", "map50_95", "precision", "recall", "ap_small", "ap_medium", "ap_large"):
+        drop = None if ref[key] is None or cand[key] is None else ref[key] - cand[key]
+        table.add_row(key, *(("-" if v is None else f"{100 * v:.2f}") for v in (ref[key], cand[key], drop)))
+    return table
 
 
 def image_size(manifest: dict[str, Any]) -> tuple[int, int] | None:

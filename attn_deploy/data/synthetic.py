@@ -82,17 +82,22 @@ def _image(
 ) -> np.ndarray:
     """One float image in [0, 1] built from sky, ground and objects (plus the class object of ``label``),
     quantised to uint8."""
-    img = _background(rng, h, w)
-    texture = _pink_noise(rng, h, w, alpha=rng.uniform(1.0, 1.6))
+    img = background(rng, h, w)
+    texture = pink_noise(rng, h, w, alpha=rng.uniform(1.0, 1.6))
     small = (0.03, 0.1) if label is not None else (0.03, 0.25)
     for _ in range(int(rng.integers(*objects))):
-        _draw_object(rng, img, texture, radius=small)
+        draw_object(rng, img, texture, radius=small)
     if label is not None:
         lo, hi = LABEL_HUES[label // len(LABEL_SHAPES)]
         rgb = colorsys.hsv_to_rgb(rng.uniform(lo, hi) % 1.0, rng.uniform(0.6, 1.0), rng.uniform(0.5, 1.0))
-        _draw_object(
+        draw_object(
             rng, img, texture, radius=(0.16, 0.33), shape=LABEL_SHAPES[label % len(LABEL_SHAPES)], color=rgb
         )
+    return finish(rng, img)
+
+
+def finish(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """A global gain / contrast / gamma change and weak sensor noise on a float image in [0, 1], as uint8."""
     gain, contrast, gamma = rng.uniform(0.6, 1.3), rng.uniform(0.7, 1.3), rng.uniform(0.7, 1.4)
     img = (img - 0.5) * contrast + 0.5
     img = np.clip(img * gain, 0.0, 1.0) ** gamma
@@ -100,30 +105,31 @@ def _image(
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Sky gradient with faint clouds above a tinted 1/f ground texture, as float32 (H, W, 3)."""
     horizon = max(1, int(h * rng.uniform(0.25, 0.65)))
     top, bottom = rng.uniform(0.3, 1.0, 3).astype(np.float32), rng.uniform(0.5, 1.0, 3).astype(np.float32)
     top[2] = max(top[2], top[0])  # skies lean blue
     t = np.linspace(0.0, 1.0, horizon, dtype=np.float32)[:, None, None]
-    clouds = _pink_noise(rng, horizon, w, alpha=2.4)[..., None]
+    clouds = pink_noise(rng, horizon, w, alpha=2.4)[..., None]
     sky = top * (1 - t) + bottom * t + np.float32(0.08) * np.clip(clouds, 0, None)
 
     ground_color = rng.uniform(0.15, 0.7, 3).astype(np.float32)
     tint = rng.uniform(0.1, 0.25, 3).astype(np.float32)
-    detail = _pink_noise(rng, h - horizon, w, alpha=rng.uniform(1.5, 2.2))[..., None]
+    detail = pink_noise(rng, h - horizon, w, alpha=rng.uniform(1.5, 2.2))[..., None]
     return np.concatenate([sky, ground_color + tint * detail], axis=0)
 
 
-def _draw_object(
+def draw_object(
     rng: np.random.Generator,
     img: np.ndarray,
     texture: np.ndarray,
     radius: tuple[float, float] = (0.03, 0.25),
     shape: str | None = None,
     color: tuple[float, float, float] | None = None,
-) -> None:
-    """Paint one textured, shaded shape with hard edges onto ``img`` in place.
+) -> np.ndarray | None:
+    """Paint one textured, shaded shape with hard edges onto ``img`` in place; return its mask (``None`` when
+    it covers no pixel).
 
     ``radius``: half-size range as a fraction of the image side. Without ``shape`` an ellipse, rectangle or
     random polygon; without ``color`` a random muted colour.
@@ -148,7 +154,7 @@ def _draw_object(
         draw.polygon(_outline(rng, kind, cx, cy, rx, ry), fill=255)
     mask = np.asarray(mask_img) > 0
     if not mask.any():
-        return
+        return None
     ys, xs = np.nonzero(mask)
     direction = rng.normal(size=2)
     direction /= np.linalg.norm(direction) + 1e-6
@@ -161,6 +167,7 @@ def _draw_object(
     strength = rng.uniform(0.05, 0.3)
     value = rgb * (1.0 + 0.25 * shade[:, None]) + strength * texture[ys, xs][:, None]
     img[ys, xs] = value.astype(np.float32)
+    return mask
 
 
 def _outline(
@@ -191,7 +198,7 @@ def _outline(
     return [(cx + rx * r * np.cos(a), cy + ry * r * np.sin(a)) for a, r in zip(angles, radii, strict=True)]
 
 
-def _pink_noise(rng: np.random.Generator, h: int, w: int, alpha: float) -> np.ndarray:
+def pink_noise(rng: np.random.Generator, h: int, w: int, alpha: float) -> np.ndarray:
     """Zero-mean, unit-std noise with amplitude spectrum ~ 1/f^alpha, float32 (H, W)."""
     fy = np.fft.fftfreq(h).astype(np.float32)[:, None]
     fx = np.fft.rfftfreq(w).astype(np.float32)[None, :]

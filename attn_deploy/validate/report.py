@@ -37,6 +37,7 @@ class ValidationReport:
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     machine: dict[str, Any] = field(default_factory=describe_cpu)  # the CPU whose kernels ran the graph
+    detection: dict[str, Any] | None = None  # with --data: mAP of PyTorch FP32 and the artifact (issue 11)
 
     @property
     def passed(self) -> bool:
@@ -54,6 +55,8 @@ class ValidationReport:
         data["checks"] = [c.to_dict() for c in self.checks]
         data["passed"] = self.passed
         data["warnings"] = self.warnings
+        if self.detection is None:
+            del data["detection"]
         return data
 
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from attn_deploy.artifacts import load_artifact
@@ -24,12 +25,14 @@ from attn_deploy.backends.ort import OrtRunner
 from attn_deploy.backends.torch_runner import TorchRunner
 from attn_deploy.config import ExportConfig, find_config, load_config, replace_config
 from attn_deploy.data.preprocess import PreprocessSpec
+from attn_deploy.data.yolo_dataset import DetectionDataset
 from attn_deploy.errors import ConfigError, InputError, ModelNotFoundError
 from attn_deploy.models.source import rebuild_model
 from attn_deploy.validate.compare import compare_runners
+from attn_deploy.validate.detection_eval import labelled_inputs, score_outputs
 from attn_deploy.validate.inputs import evaluation_images, user_images
 from attn_deploy.validate.report import ValidationReport, write_validation
-from attn_deploy.validate.scoring import per_output_rows, score
+from attn_deploy.validate.scoring import Check, per_output_rows, score
 
 
 def artifact_config(manifest: dict[str, Any]) -> ExportConfig:
@@ -67,6 +70,8 @@ def validate_artifact(
     write: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
     trust: bool = False,
+    data: str | os.PathLike[str] | None = None,
+    max_map_drop: float | None = None,
 ) -> ValidationReport:
     """Compare the artifact's graph (``runner``, default ONNX Runtime CPU) with PyTorch FP32.
 
@@ -74,6 +79,10 @@ def validate_artifact(
     images (all of them, or the first ``num_images``), preprocessed as the manifest says. ``on_batch(done,
     total)`` reports progress. With ``write``, results are stored in the directory. ``trust`` allows rebuilding a
     model whose source runs code (``--trust-checkpoint``, ``--module``): a manifest alone never does.
+
+    With ``data`` (a detector's ``data.yaml``), the inputs are its val images instead, and the report gains
+    ``detection``: mAP of PyTorch FP32 (``reference``) and of the artifact (``candidate``) against the labels,
+    and their ``drop``; ``max_map_drop`` (mAP50-95, 0..1) adds it as a check.
     """
     start = time.perf_counter()
     artifact = load_artifact(directory)
@@ -87,7 +96,17 @@ def validate_artifact(
     output_names = [o["name"] for o in manifest["outputs"]]
     batch = entry["shape"][0] if isinstance(entry["shape"][0], int) else config.validation.batch
     preprocess = PreprocessSpec.from_dict(manifest["preprocess"])
-    if image_dir is None:
+    truths = dataset = None
+    if data is not None:
+        inputs, truths, dataset = labelled_inputs(data, preprocess, num_images, batch)
+        channels = manifest["outputs"][0]["shape"][1] if len(manifest["outputs"][0]["shape"]) == 3 else None
+        if isinstance(channels, int) and channels != 4 + dataset.num_classes:
+            raise InputError(
+                f"{artifact.dir} detects {channels - 4} classes, {data} names {dataset.num_classes}; "
+                "pass the data.yaml the model was trained on"
+            )
+        count, source = len(inputs), f"val images of {data}"
+    elif image_dir is None:
         count = -(-(num_images or config.validation.num_images) // batch) * batch  # whole batches
         seed = config.validation.seed if seed is None else seed
         inputs = evaluation_images(preprocess, count, seed)
@@ -96,15 +115,21 @@ def validate_artifact(
         inputs = user_images(image_dir, preprocess, num_images, batch)
         count, source = len(inputs), f"images from {image_dir}"
 
-    model = reference_model(
-        manifest, trust=trust
-    )  # as exported: zoo, Ultralytics checkpoint, trusted, factory
+    model = reference_model(manifest, trust=trust)  # as exported: zoo, Ultralytics checkpoint, trusted, factory
     candidate_runner = runner or OrtRunner(artifact.onnx_path)
     reference_runner = TorchRunner(model, [entry["name"]], output_names)
     result = compare_runners(reference_runner, candidate_runner, entry["name"], inputs, batch, on_batch)
     parity, checks, details = score(
         result.reference(), result.candidate(), manifest.get("task"), config.tolerances
     )
+    detection = None
+    if dataset is not None and truths is not None:
+        detection = detection_accuracy(
+            result.reference()[output_names[0]], result.candidate()[output_names[0]], truths, dataset
+        )
+        if max_map_drop is not None:  # no labelled box in the split: NaN, which never passes
+            drop = detection["drop"]["map50_95"]
+            checks.append(Check("map50_95_drop", float("nan") if drop is None else drop, max_map_drop, "<="))
     report = ValidationReport(
         model=str(manifest["model"]),
         target=str(manifest.get("target", config.name)),
@@ -116,7 +141,21 @@ def validate_artifact(
         checks=checks,
         details={"source": source, **details},
         seconds=round(time.perf_counter() - start, 2),
+        detection=detection,
     )
     if write:
         write_validation(artifact.dir, report, result, artifact.onnx_path.name)
     return report
+
+
+def detection_accuracy(
+    reference: np.ndarray, candidate: np.ndarray, truths: list[np.ndarray], dataset: DetectionDataset
+) -> dict[str, Any]:
+    """mAP of both outputs against the labels, and ``drop`` = reference - candidate (mAP50, mAP50-95)."""
+    ref = score_outputs(reference, truths, dataset.num_classes).to_dict(dataset.names)
+    cand = score_outputs(candidate, truths, dataset.num_classes).to_dict(dataset.names)
+    drop = {
+        k: None if ref[k] is None or cand[k] is None else round(ref[k] - cand[k], 5)
+        for k in ("map50", "map50_95")
+    }
+    return {"data": str(dataset.yaml_path), "reference": ref, "candidate": cand, "drop": drop}
