@@ -25,7 +25,7 @@ from rich.markup import escape
 from attn_deploy.errors import AttnDeployError
 from attn_deploy.fsutil import exit_on_signals
 
-COMMAND_MODULES = ("list_models", "export", "validate", "bench", "serve", "triton_repo")
+COMMAND_MODULES = ("list_models", "export", "validate", "bench", "distill", "serve", "triton_repo")
 
 err_console = Console(stderr=True)
 
