@@ -146,6 +146,8 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path: Path, monkeypatch: 
             out=out,
             resume=True,
         )
+    with pytest.raises(ConfigError, match="already holds a distillation checkpoint"):
+        run()  # a new run never overwrites an old one's checkpoint
     with pytest.raises(ConfigError, match="no checkpoint to resume"):
         distill(
             zoo("resnet18-se"), zoo("resnet18-eca"), images, imgsz=SIZE, out=tmp_path / "new", resume=True

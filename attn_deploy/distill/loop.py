@@ -140,6 +140,10 @@ def distill(
     folder = None if out is None else check_writable_dir(out, "out")
     if resume and folder is None:
         raise ConfigError("resume needs the out folder of the interrupted run")
+    if not resume and folder is not None and (folder / CHECKPOINT).exists():
+        raise ConfigError(
+            f"'{folder}' already holds a distillation checkpoint; resume it with --resume or choose another --out"
+        )
     spec = _preprocess(teacher, preprocess, size)
     source = images if isinstance(images, ImageSource) else open_source(images, size, labels=labels)
     pairs = pair_sites(teacher, student)
