@@ -103,7 +103,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path: Path, monkeypatch: 
     images, out = scenes(8), tmp_path / "run"
 
     def run(**kwargs: object):
-        return distill(zoo("resnet18-se"), zoo("resnet18-eca"), images, steps=4, batch=4, imgsz=SIZE, out=out,
+        return distill(zoo("resnet18-se"), zoo("resnet18-eca"), images, steps=4, batch=2, imgsz=SIZE, out=out,
                        checkpoint_every=2, **kwargs)  # fmt: skip
 
     def interrupt(step: int, total: int, terms: dict[str, float]) -> None:
