@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "build_engine",
     "show_config",
     "make_data",
+    "distill",
 )
 
 EPILOG = """exit codes:

@@ -40,6 +40,7 @@ ORDER = [
     # composition and front ends
     "workflow",
     "bench",
+    "distill",  # composes training, the verified export (workflow) and ORT timing (bench)
     "serve",
     "commands",
     "cli",

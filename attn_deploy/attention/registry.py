@@ -34,6 +34,11 @@ def list_attention() -> list[str]:
     return sorted([*_REGISTRY, NONE])
 
 
+def attention_classes() -> tuple[type[nn.Module], ...]:
+    """Every registered attention class (what an attention site of a model is an instance of)."""
+    return tuple(_REGISTRY.values())
+
+
 def create_attention(name: str, channels: int, **kwargs: Any) -> nn.Module:
     """Build the attention module registered as ``name`` for ``channels`` input channels.
 
