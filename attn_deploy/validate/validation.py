@@ -115,7 +115,9 @@ def validate_artifact(
         inputs = user_images(image_dir, preprocess, num_images, batch)
         count, source = len(inputs), f"images from {image_dir}"
 
-    model = reference_model(manifest, trust=trust)  # as exported: zoo, Ultralytics checkpoint, trusted, factory
+    model = reference_model(
+        manifest, trust=trust
+    )  # as exported: zoo, Ultralytics checkpoint, trusted, factory
     candidate_runner = runner or OrtRunner(artifact.onnx_path)
     reference_runner = TorchRunner(model, [entry["name"]], output_names)
     result = compare_runners(reference_runner, candidate_runner, entry["name"], inputs, batch, on_batch)
