@@ -27,7 +27,6 @@ _LAZY = {
     "list_models": ("attn_deploy.models", "list_models"),
     "create_attention": ("attn_deploy.attention", "create_attention"),
     "list_attention": ("attn_deploy.attention", "list_attention"),
-    "distill": ("attn_deploy.distill", "distill"),
 }
 
 __all__ = [  # noqa: RUF022 - the lazy names, in _LAZY's order
@@ -39,12 +38,10 @@ __all__ = [  # noqa: RUF022 - the lazy names, in _LAZY's order
     "list_models",
     "create_attention",
     "list_attention",
-    "distill",
 ]
 
 if TYPE_CHECKING:
     from attn_deploy.attention import create_attention, list_attention
-    from attn_deploy.distill import distill
     from attn_deploy.export.pipeline import ExportResult, export_onnx
     from attn_deploy.models import create_model, list_models
     from attn_deploy.workflow.custom import export_artifact

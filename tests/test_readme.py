@@ -35,7 +35,12 @@ def test_python_snippets_run(
 
 def test_shell_command_lines_parse():
     parser = build_parser()
-    lines = [line for code in blocks("bash") for line in code.splitlines() if line.startswith("attn-deploy ")]
+    lines = [  # a line ending in a backslash continues on the next, as in the shell
+        line
+        for code in blocks("bash")
+        for line in code.replace("\\\n", " ").splitlines()
+        if line.startswith("attn-deploy ")
+    ]
     assert len(lines) >= 15
     for line in lines:
         argv = shlex.split(line.split(" #")[0].rstrip(" &"))[1:]
