@@ -122,6 +122,18 @@ def stage_progress(title: str) -> Iterator[Callable[[str], None]]:
 
 
 @contextmanager
+def step_progress(title: str) -> Iterator[Callable[[int, int, dict[str, float]], None]]:
+    """A bar over training steps; yields ``on_step(step, total, terms)``, which shows the loss terms."""
+    with progress_display(title, bar=True) as (progress, task, _):
+
+        def on_step(step: int, total: int, terms: dict[str, float]) -> None:
+            shown = " ".join(f"{k} {v:.4f}" for k, v in terms.items() if k != "step")
+            progress.update(task, total=total, completed=step, description=f"{title}: {shown}")
+
+        yield on_step
+
+
+@contextmanager
 def bench_progress(
     title: str,
 ) -> Iterator[tuple[Callable[[str], None], Callable[[int], None], Callable[[str, bool], None]]]:

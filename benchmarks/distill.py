@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from attn_deploy.display import console, progress_display
+from attn_deploy.display import console, progress_display, step_progress
 from attn_deploy.distill import distill
 from attn_deploy.distill.report import SUMMARY_HEADERS, distill_report, loss_curves, summary_row
 from attn_deploy.fsutil import write_json, write_text
@@ -56,12 +56,7 @@ def distill_student(args: argparse.Namespace, weights: Path, student_name: str) 
     student = create_model(student_name, num_classes=CLASSES, calibrate=False)
     resume = (folder / "checkpoint.pt").is_file()
     title = f"distil {args.teacher} -> {student_name}"
-    with progress_display(title, bar=True) as (progress, task, _):
-
-        def on_step(step: int, total: int, terms: dict[str, float]) -> None:
-            shown = " ".join(f"{k} {v:.4f}" for k, v in terms.items() if k != "step")
-            progress.update(task, total=total, completed=step, description=f"{title}: {shown}")
-
+    with step_progress(title) as on_step:
         result = distill(
             teacher,
             student,

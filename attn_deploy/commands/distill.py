@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from attn_deploy.display import console, progress_display
+from attn_deploy.display import console, progress_display, step_progress
 from attn_deploy.errors import ConfigError
 
 
@@ -78,12 +78,7 @@ def run(args: argparse.Namespace) -> int:
     student = create_model(student_spec.name, num_classes=teacher.spec.num_classes, calibrate=False)
 
     title = f"distil {teacher_spec.name} -> {student_spec.name}"
-    with progress_display(title, bar=True) as (progress, task, _):
-
-        def on_step(step: int, total: int, terms: dict[str, float]) -> None:
-            shown = " ".join(f"{k} {v:.4f}" for k, v in terms.items() if k != "step")
-            progress.update(task, total=total, completed=step, description=f"{title}: {shown}")
-
+    with step_progress(title) as on_step:
         result = distill(
             teacher,
             student,
