@@ -11,82 +11,21 @@ from torch import nn
 from attn_deploy import export_onnx
 from attn_deploy.errors import ExportError, StaticShapeError, UnsupportedOpError
 from tests.conftest import assert_ort_matches_torch
+from tests.ultralytics_layout import EMA as OfficialEMA
+from tests.ultralytics_layout import CoordAtt  # the official code, shared with the checkpoint tests
 
 UNSEEN = [(2, 32, 24, 40), (3, 32, 17, 23)]
 
 
-class BlogEMA(nn.Module):
-    """EMA as copied from the paper's repository into countless YOLOv8 tutorials."""
-
-    def __init__(self, channels, factor=8):
-        super().__init__()
-        self.groups = factor
-        self.softmax = nn.Softmax(-1)
-        self.agp = nn.AdaptiveAvgPool2d((1, 1))
-        self.pool_h = nn.AdaptiveAvgPool2d((None, 1))
-        self.pool_w = nn.AdaptiveAvgPool2d((1, None))
-        self.gn = nn.GroupNorm(channels // self.groups, channels // self.groups)
-        self.conv1x1 = nn.Conv2d(channels // self.groups, channels // self.groups, kernel_size=1)
-        self.conv3x3 = nn.Conv2d(channels // self.groups, channels // self.groups, kernel_size=3, padding=1)
-
-    def forward(self, x):
-        b, c, h, w = x.size()
-        group_x = x.reshape(b * self.groups, -1, h, w)
-        x_h = self.pool_h(group_x)
-        x_w = self.pool_w(group_x).permute(0, 1, 3, 2)
-        hw = self.conv1x1(torch.cat([x_h, x_w], dim=2))
-        x_h, x_w = torch.split(hw, [h, w], dim=2)
-        x1 = self.gn(group_x * x_h.sigmoid() * x_w.permute(0, 1, 3, 2).sigmoid())
-        x2 = self.conv3x3(group_x)
-        x11 = self.softmax(self.agp(x1).reshape(b * self.groups, -1, 1).permute(0, 2, 1))
-        x12 = x2.reshape(b * self.groups, c // self.groups, -1)
-        x21 = self.softmax(self.agp(x2).reshape(b * self.groups, -1, 1).permute(0, 2, 1))
-        x22 = x1.reshape(b * self.groups, c // self.groups, -1)
-        weights = (torch.matmul(x11, x12) + torch.matmul(x21, x22)).reshape(b * self.groups, 1, h, w)
-        return (group_x * weights.sigmoid()).reshape(b, c, h, w)
+def BlogEMA(channels: int) -> nn.Module:
+    """EMA as copied from the paper's repository into countless YOLOv8 tutorials (their factor 8)."""
+    return OfficialEMA(channels, factor=8)
 
 
-class h_sigmoid(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.relu = nn.ReLU6(inplace=True)
-
-    def forward(self, x):
-        return self.relu(x + 3) / 6
-
-
-class h_swish(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.sigmoid = h_sigmoid()
-
-    def forward(self, x):
-        return x * self.sigmoid(x)
-
-
-class OfficialCoordAtt(nn.Module):
-    """Hou et al.'s official CoordAtt (houqb/CoordAttention)."""
-
-    def __init__(self, inp, oup, reduction=32):
-        super().__init__()
-        self.pool_h = nn.AdaptiveAvgPool2d((None, 1))
-        self.pool_w = nn.AdaptiveAvgPool2d((1, None))
-        mip = max(8, inp // reduction)
-        self.conv1 = nn.Conv2d(inp, mip, kernel_size=1, stride=1, padding=0)
-        self.bn1 = nn.BatchNorm2d(mip)
-        self.act = h_swish()
-        self.conv_h = nn.Conv2d(mip, oup, kernel_size=1, stride=1, padding=0)
-        self.conv_w = nn.Conv2d(mip, oup, kernel_size=1, stride=1, padding=0)
-
-    def forward(self, x):
-        identity = x
-        _n, _c, h, w = x.size()
-        x_h = self.pool_h(x)
-        x_w = self.pool_w(x).permute(0, 1, 3, 2)
-        y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2))))
-        x_h, x_w = torch.split(y, [h, w], dim=2)
-        x_w = x_w.permute(0, 1, 3, 2)
-        return identity * self.conv_h(x_h).sigmoid() * self.conv_w(x_w).sigmoid()
+def OfficialCoordAtt(inp: int, oup: int) -> nn.Module:
+    """Hou et al.'s official CoordAtt (houqb/CoordAttention); ``oup == inp`` in every attention block."""
+    assert oup == inp
+    return CoordAtt(inp)
 
 
 class OfficialStyleCBAM(nn.Module):
