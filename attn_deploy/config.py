@@ -116,6 +116,7 @@ class Int8Config:
     exclude_op_types: tuple[str, ...] = ()  # further op types never quantized
     op_types: tuple[str, ...] = ()  # op types that get Q/DQ (empty: every type ONNX Runtime can quantize)
     fallback_cosine: float | None = None  # keep leading layers in float until INT8 vs FP32 cosine >= this
+    sensitive_float: int = 0  # keep this many of the most INT8-sensitive weighted layers in float (searched)
     float_regions: Literal["fp32", "fp16"] = "fp32"  # fp16: what stays float runs FP16 (fp16 policy applies)
     cache_dir: str | None = None  # calibration cache; default $XDG_CACHE_HOME/attn-deploy/calibration
 
@@ -124,6 +125,13 @@ class Int8Config:
         _check(0 < self.percentile <= 100, "percentile", self.percentile, "a number in (0, 100]")
         ok = self.fallback_cosine is None or 0 < self.fallback_cosine <= 1
         _check(ok, "fallback_cosine", self.fallback_cosine, "a number in (0, 1] or null")
+        ok = isinstance(self.sensitive_float, int) and not isinstance(self.sensitive_float, bool)
+        _check(
+            ok and 0 <= self.sensitive_float <= 1000,
+            "sensitive_float",
+            self.sensitive_float,
+            "an integer 0..1000",
+        )
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from attn_deploy.errors import InputError
 from attn_deploy.parity import compare_outputs
 from attn_deploy.precision.calibration import calibration_key, calibration_set
 from attn_deploy.precision.int8 import quantize_int8
+from attn_deploy.precision.sensitivity import channel_error, with_float_layer
 
 SIZE = (32, 32)
 SPEC = PreprocessSpec.for_kind("resize_crop", SIZE)
@@ -224,6 +225,45 @@ def test_leading_layers_fall_back_to_float_until_the_target(tiny, calib, tmp_pat
     # leading_fallback stops once these images reach the target through this CPU's kernels; the check runs
     # the same kernels on the same images, so it holds wherever the fallback returned.
     assert compare_outputs([_run(proto, x)], [_run(quantized, x)]).cosine >= 0.99999
+
+
+def test_channel_error_counts_every_output_channel_alike():
+    # boxes in pixels beside 0..1 scores: zeroing the scores keeps the cosine near 1 but is half the error
+    ref = np.stack([np.full((1, 100), 600.0), np.full((1, 100), 0.3)], axis=1).astype(np.float32)
+    lost = ref.copy()
+    lost[:, 1] = 0
+    assert compare_outputs([ref], [lost]).cosine > 0.9999
+    assert channel_error([ref], [lost]) == pytest.approx(0.5)
+    assert channel_error([ref], [ref]) == 0.0
+
+
+def test_a_layer_made_float_in_the_qdq_graph_computes_from_float_inputs(tiny, calib, tmp_path):
+    _, proto = tiny
+    config = Int8Config(op_types=("Conv", "Gemm"))  # only weighted layers get Q/DQ
+    quantized, _ = quantize_int8(proto, calib, config, cache_dir=tmp_path)
+    graph = quantized
+    for node in proto.graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            graph = with_float_layer(graph, proto, node.name)
+    x = calib.images[:4]
+    # every weighted layer float again: the FP32 graph up to float rounding (the Q/DQ nodes left are unused)
+    np.testing.assert_allclose(_run(graph, x), _run(proto, x), rtol=1e-4, atol=1e-5)
+
+
+def test_the_most_sensitive_layers_stay_float(tiny, calib, tmp_path):
+    _, proto = tiny
+    config = Int8Config(op_types=("Conv", "Gemm", "MatMul"), sensitive_float=2)
+    quantized, report = quantize_int8(proto, calib, config, cache_dir=tmp_path)
+    weighted = {n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm")}
+    assert len(report.sensitive_nodes) == 2 and set(report.sensitive_nodes) <= weighted
+    produced_by = {o: n.op_type for n in quantized.graph.node for o in n.output}
+    for node in quantized.graph.node:
+        if node.name in report.sensitive_nodes:  # no input of a float layer comes out of a DequantizeLinear
+            assert all(produced_by.get(i) != "DequantizeLinear" for i in node.input)
+    # the search and this check run the same graphs on the same images through this CPU's kernels, and the
+    # final graph keeps float what single-layer runs found helped: its error cannot grow
+    errors = report.channel_error
+    assert errors["channel_error_after"] <= errors["channel_error_before"]
 
 
 def test_preprocessing_geometry():

@@ -47,11 +47,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-from attn_deploy.backends.base import Runner
 from attn_deploy.backends.ort import OrtRunner
 from attn_deploy.config import Int8Config
 from attn_deploy.errors import ExportError, exception_summary
@@ -65,9 +63,8 @@ from attn_deploy.precision.calibration import (
 )
 from attn_deploy.precision.graph import GraphView, ensure_node_names
 from attn_deploy.precision.policy import attention_gate_nodes
+from attn_deploy.precision.sensitivity import CHECK_IMAGES, WEIGHTED_OPS, run_images, sensitivity_fallback
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-FALLBACK_CHECK_IMAGES = 8
 CALIBRATION_STRIDE = 4
 ACTIVATION_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 CALIBRATION_METHODS = {
@@ -91,6 +88,10 @@ class Int8Report:
     weights: str  # int8 symmetric, per channel or per tensor, 7-bit range (module docstring)
     excluded_nodes: list[str] = field(default_factory=list)
     fallback_nodes: list[str] = field(default_factory=list)  # leading layers kept in float (fallback_cosine)
+    sensitive_nodes: list[str] = field(
+        default_factory=list
+    )  # most sensitive layers kept float (sensitive_float)
+    channel_error: dict[str, float] = field(default_factory=dict)  # before/after the sensitivity search
     qdq_nodes: int = 0
     seconds: float = 0.0
 
@@ -151,6 +152,12 @@ def quantize_int8(
         quantized, fallback = leading_fallback(
             work, quantized, calib, config.fallback_cosine, exclude, quantize
         )
+    sensitive: list[str] = []
+    errors: dict[str, float] = {}
+    if config.sensitive_float:
+        quantized, sensitive, errors = sensitivity_fallback(
+            work, quantized, calib, config.sensitive_float, exclude + fallback, quantize
+        )
     qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node)
     report = Int8Report(
         method=method,
@@ -163,6 +170,8 @@ def quantize_int8(
         weights=f"int8 symmetric {'per channel' if config.per_channel else 'per tensor'}, range [-64, 64]",
         excluded_nodes=exclude,
         fallback_nodes=fallback,
+        sensitive_nodes=sensitive,
+        channel_error=errors,
         qdq_nodes=qdq,
         seconds=round(time.perf_counter() - start, 3),
     )
@@ -211,12 +220,12 @@ def leading_fallback(
     equally and is carried by every later one, so the early, high-resolution layers cost the most accuracy
     per layer kept in float (benchmarks/results/int8_placement.md). Only calibration images are used.
     """
-    check = calib.images[: min(len(calib.images), FALLBACK_CHECK_IMAGES)]
-    reference = _run(OrtRunner(model.SerializeToString()), calib.input_name, check)
+    check = calib.images[: min(len(calib.images), CHECK_IMAGES)]
+    reference = run_images(OrtRunner(model.SerializeToString()), calib.input_name, check)
     layers = [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS and n.name not in exclude]
     count = 0
     while True:
-        outputs = _run(OrtRunner(quantized.SerializeToString()), calib.input_name, check)
+        outputs = run_images(OrtRunner(quantized.SerializeToString()), calib.input_name, check)
         if compare_outputs(reference, outputs, atol=float("inf"), min_cosine=0.0).cosine >= target:
             return quantized, layers[:count]
         if count >= len(layers):
@@ -226,12 +235,6 @@ def leading_fallback(
             )
         count = min(len(layers), max(1, 2 * count))
         quantized = quantize(exclude + layers[:count])
-
-
-def _run(runner: Runner, input_name: str, images: np.ndarray) -> list[np.ndarray]:
-    """Outputs of ``runner`` over ``images`` one at a time, concatenated per output."""
-    batches = [runner.infer({input_name: images[i : i + 1]}) for i in range(len(images))]
-    return [np.concatenate([b[name] for b in batches]) for name in batches[0]]
 
 
 def _quantize_static(
