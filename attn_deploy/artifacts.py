@@ -104,6 +104,12 @@ def load_artifact(directory: str | os.PathLike[str]) -> Artifact:
             "(which model, preprocessing) that `attn-deploy export` or attn_deploy.export_artifact write; "
             "`serve` and `triton-repo` take a bare .onnx"
         )
+    if not directory.exists():
+        what = "file" if directory.suffix.lower() == ".onnx" else "directory"
+        raise InputError(
+            f"'{directory}': no such {what}; pass a directory written by `attn-deploy export`, "
+            "e.g. engines/yolov8s-eca/ort-fp32"
+        )
     if not manifest_path.is_file():
         raise InputError(
             f"'{directory}' is not an artifact directory (no {MANIFEST_NAME}); "

@@ -100,12 +100,14 @@ def progress_display(
 ) -> Iterator[tuple[Progress, TaskID, Callable[[str], None]]]:
     """A spinner with the current stage and elapsed time (plus a bar and count with ``bar=True``).
 
-    Yields ``(progress, task, on_stage)``; ``on_stage(name)`` shows ``title: name``.
+    Yields ``(progress, task, on_stage)``; ``on_stage(name)`` shows ``title: name``. Shown on a terminal only.
     """
     columns = [SpinnerColumn(), TextColumn("[bold]{task.description}")]
     if bar:
         columns += [BarColumn(), MofNCompleteColumn()]
-    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
+    # Off a terminal (a pipe, a file, a CI log) the transient display would leave only a blank line behind.
+    quiet = not console.is_terminal
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True, disable=quiet) as progress:
         task = progress.add_task(title, total=None)
 
         def on_stage(name: str) -> None:

@@ -39,7 +39,9 @@ def snapshot(root: Path) -> list[tuple[str, int, int]]:
 
 
 def assert_one_red_line(capsys: pytest.CaptureFixture[str], needle: str) -> None:
-    err = capsys.readouterr().err.strip()
+    captured = capsys.readouterr()
+    assert captured.out == "", "nothing on stdout (a script reading it gets no stray blank line)"
+    err = captured.err.strip()
     assert err.startswith("error:") and needle in err, err
     assert len(err.splitlines()) <= 2 and "Traceback" not in err  # rich may wrap a long line once
 

@@ -178,6 +178,8 @@ def test_cli_validate_and_one_line_errors(classifier: Path, tmp_path: Path, caps
     assert "PASSED" in capsys.readouterr().out
 
     assert main(["validate", str(tmp_path / "nowhere")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path)]) == 2
     assert "is not an artifact directory" in capsys.readouterr().err
 
     broken = tmp_path / "broken"

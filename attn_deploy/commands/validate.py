@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
-from rich.progress import Progress
 from rich.table import Table
 
 from attn_deploy.commands.tables import checks_table
-from attn_deploy.display import add_json_option, console, emit_json, warn
+from attn_deploy.display import add_json_option, console, emit_json, progress_display, warn
 from attn_deploy.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -110,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
         count = len(list_images(args.image_dir)) if args.image_dir else config.validation.num_images
         check_count(count if args.images is None else args.images, size, "--images", MAX_IMAGES)
     runner = make_runner(args.backend, artifact.onnx_path, config, artifact.manifest)
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task(f"validate {args.artifact}", total=None)
+    with progress_display(f"validate {args.artifact}", bar=True) as (progress, task, _):
         report = validate_artifact(
             artifact.dir,
             runner=runner,
