@@ -9,7 +9,8 @@ FP16 (max 65504, 11-bit mantissa) fails in attention blocks in predictable place
 
 :func:`fp32_nodes` names the nodes of a graph that stay FP32 under a :class:`~attn_deploy.config.Fp16Config`
 and why. :func:`attention_gate_nodes` names the gates (sigmoid/softmax) and the multiplies they scale,
-which the INT8 pass may leave unquantized.
+which the INT8 pass may leave unquantized; :func:`output_tail` the decoding after the last weighted layer,
+which it always leaves float.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ POOL_REDUCTIONS = ("ReduceMean", "GlobalAveragePool")
 STAT_CHAIN_OPS = ("Add", "Sub", "Mul", "Div", "Sqrt", "Reciprocal", "Pow", "Max", "Clip", "Cast")
 # Ops whose float inputs ONNX defines as float32 only: never converted.
 FP32_ONLY_OPS = ("NonMaxSuppression",)
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def fp32_nodes(view: GraphView, config: Fp16Config) -> dict[str, str]:
@@ -169,6 +171,25 @@ def attention_gate_nodes(view: GraphView, gate_op_types: tuple[str, ...]) -> lis
             names.append(gate.name)
             names.extend(muls)
     return sorted(set(names))
+
+
+def output_tail(view: GraphView) -> list[str]:
+    """The nodes after the last weighted layer (Conv/Gemm/MatMul) on every path to the outputs, and the weighted
+    layers that feed only them: YOLO's box decoding (DFL softmax expectation conv, anchor arithmetic, stride
+    scaling), its score sigmoid and output Concat. A classifier whose last Gemm makes the output has none."""
+    feeds_weighted: dict[int, bool] = {}
+    for node in reversed(view.graph.node):  # ONNX lists nodes in topological order
+        consumers = [c for out in node.output for c in view.consumers.get(out, [])]
+        feeds_weighted[id(node)] = any(c.op_type in WEIGHTED_OPS or feeds_weighted[id(c)] for c in consumers)
+    tail = {
+        id(n): n.name for n in view.graph.node if n.op_type not in WEIGHTED_OPS and not feeds_weighted[id(n)]
+    }
+    names = set(tail.values())
+    for node in view.graph.node:
+        consumers = [c for out in node.output for c in view.consumers.get(out, [])]
+        if node.op_type in WEIGHTED_OPS and consumers and all(id(c) in tail for c in consumers):
+            names.add(node.name)
+    return sorted(names)
 
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")

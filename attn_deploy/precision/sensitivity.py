@@ -25,8 +25,8 @@ import onnx
 from attn_deploy.backends.base import Runner
 from attn_deploy.backends.ort import OrtRunner
 from attn_deploy.precision.calibration import CalibrationSet
+from attn_deploy.precision.policy import WEIGHTED_OPS
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CHECK_IMAGES = 8
 """Calibration images each candidate graph runs (the fallbacks' check set)."""
 
