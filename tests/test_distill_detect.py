@@ -3,6 +3,7 @@ the CLI's ``--data`` and its one-line errors."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,9 @@ def test_loss_of_the_last_forward_equals_the_call() -> None:
     model = yolo("yolov8n-eca", 3).train()
     loss = DetectionLoss(model, 3)
     images = torch.rand(2, 3, SIZE, SIZE)
-    targets = torch.tensor([[0, 1, 4, 6, 30, 40], [1, 2, 10, 10, 50, 60], [1, 0, 20, 5, 40, 25]], dtype=torch.float32)
+    targets = torch.tensor(
+        [[0, 1, 4, 6, 30, 40], [1, 2, 10, 10, 50, 60], [1, 0, 20, 5, 40, 25]], dtype=torch.float32
+    )
     torch.manual_seed(0)
     total, parts = loss(model, images, targets)
     model(images)
@@ -70,3 +73,44 @@ def test_task_term_with_boxes(data_yaml: Path) -> None:
     other = yolo("yolov8n-ema", nc + 1)
     with pytest.raises(ConfigError, match=f"teacher has {nc + 1} classes"):
         distill(other, yolo("yolov8n-eca", nc + 1), str(data_yaml), steps=1, imgsz=SIZE)
+
+
+def test_cli_with_data_reports_map(data_yaml: Path, tmp_path: Path) -> None:
+    nc = load_data_yaml(data_yaml).num_classes
+    weights = tmp_path / "teacher.pt"
+    torch.save(yolo("yolov8n-ema", nc).state_dict(), weights)
+    out = tmp_path / "run"
+    args = ["distill", "--teacher", "yolov8n-ema", "--weights", str(weights), "--student", "yolov8n-eca",
+            "--data", str(data_yaml), "--steps", "2", "--batch", "2", "--imgsz", str(SIZE), "--eval-images", "2",
+            "--latency-runs", "2", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    scores = report["scores"]
+    assert {"teacher_map", "student_map", "map50_95_drop", "box_agreement"} <= set(scores)
+    assert 0 <= scores["student_map"]["map50_95"] <= 1
+    assert "task" in report["training"]["final"]
+    assert "mAP on the val split" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("teacher", "data", "needle"),
+    [
+        ("resnet18-se", "DATA", "is for detector teachers"),
+        ("yolov8n-ema", "MISSING", "data.yaml"),
+        ("yolov8n-ema", "OTHER", "the data names"),
+    ],
+)
+def test_cli_data_errors_are_one_line(
+    teacher: str, data: str, needle: str, data_yaml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nc = load_data_yaml(data_yaml).num_classes
+    model = create_model(teacher, num_classes=nc + (data == "OTHER"), calibrate=False)
+    weights = tmp_path / "teacher.pt"
+    torch.save(model.state_dict(), weights)
+    path = tmp_path / "missing.yaml" if data == "MISSING" else data_yaml
+    student = teacher.split("-")[0] + "-eca"
+    args = ["distill", "--teacher", teacher, "--weights", str(weights), "--student", student,
+            "--data", str(path), "--imgsz", str(SIZE), "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and needle in err and "Traceback" not in err, err

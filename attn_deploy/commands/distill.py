@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
     if args.latency_imgsz is not None:
         teacher_spec.check_size(args.latency_imgsz, args.latency_imgsz)
     if (args.images is None) == (args.data is None):
-        raise ConfigError("pass the images: --images (a folder or synthetic:...) or --data (a data.yaml), one")
+        raise ConfigError(
+            "pass the images: --images (a folder or synthetic:...) or --data (a data.yaml), one"
+        )
     if args.data is not None and teacher_spec.task != "detect":
         raise ConfigError(
             f"--data (a detection data.yaml) is for detector teachers; {teacher_spec.name} is a classifier, "

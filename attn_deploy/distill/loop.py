@@ -267,7 +267,9 @@ def _detection_task_loss(teacher: nn.Module, student: nn.Module, source: ImageSo
     if not source.labeled:
         return None
     if not source.detection:
-        raise ConfigError("labels for detectors come from a data.yaml (boxes); pass --data, not a labeled folder")
+        raise ConfigError(
+            "labels for detectors come from a data.yaml (boxes); pass --data, not a labeled folder"
+        )
     nc = getattr(find_detect_head(teacher), "nc", None)
     if nc != source.classes:
         raise ConfigError(f"the teacher has {nc} classes, the data names {source.classes}; use matching data")
