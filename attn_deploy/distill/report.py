@@ -174,7 +174,7 @@ def render(report: dict[str, Any]) -> str:
         f"Scored on {sc['images']} {held}. Latency: ONNX Runtime CPU, batch 1, "
         f"{report['latency_imgsz'][0]}x{report['latency_imgsz'][1]}, p50 of {report['latency_runs']} interleaved "
         f"runs each, {report['machine'].get('threads')} threads.\n\n"
-        f"{_map_lines(sc)}"
+        f"{map_table(sc)}"
         f"Training: {tr['steps_run']} steps ({tr['seconds']:.0f} s, {tr['cpu_seconds']:.0f} CPU-s) of "
         f"{tr['batch']} images at "
         f"{tr['imgsz'][0]}x{tr['imgsz'][1]} from {tr['source']}; lr {tr['lr']} (attention), x"
@@ -184,7 +184,7 @@ def render(report: dict[str, Any]) -> str:
     )
 
 
-def _map_lines(scores: dict[str, Any]) -> str:
+def map_table(scores: dict[str, Any]) -> str:
     """The mAP table of a labeled detection source (val split), or nothing."""
     if "student_map" not in scores:
         return ""
