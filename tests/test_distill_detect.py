@@ -98,6 +98,7 @@ def test_cli_with_data_reports_map(data_yaml: Path, tmp_path: Path) -> None:
         ("resnet18-se", "DATA", "is for detector teachers"),
         ("yolov8n-ema", "MISSING", "data.yaml"),
         ("yolov8n-ema", "OTHER", "the data names"),
+        ("yolov8n-ema", "NONE", "pass the images"),
     ],
 )
 def test_cli_data_errors_are_one_line(
@@ -110,7 +111,8 @@ def test_cli_data_errors_are_one_line(
     path = tmp_path / "missing.yaml" if data == "MISSING" else data_yaml
     student = teacher.split("-")[0] + "-eca"
     args = ["distill", "--teacher", teacher, "--weights", str(weights), "--student", student,
-            "--data", str(path), "--imgsz", str(SIZE), "--out", str(tmp_path / "run")]  # fmt: skip
+            *(["--data", str(path)] if data != "NONE" else []), "--imgsz", str(SIZE),
+            "--out", str(tmp_path / "run")]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and needle in err and "Traceback" not in err, err

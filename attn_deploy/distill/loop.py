@@ -217,7 +217,7 @@ def distill(
             terms = {"attention": map_loss(s_maps, {rename[k]: v for k, v in t_maps.items()})}
             if head_s is not None:
                 terms.update(detection_kd(s_head, t_head, weights.temperature))
-                if task_loss is not None and y is not None:
+                if task_loss is not None and y is not None:  # Ultralytics scales by the batch: per image here
                     terms["task"] = task_loss.of_last_forward(torch.from_numpy(y), len(x))[0] / len(x)
             else:
                 terms["kl"] = logits_kl(s_out, t_out, weights.temperature)
