@@ -118,7 +118,8 @@ def distill(
         student: a model of the same architecture whose attention sites line up with the teacher's
             (:func:`~attn_deploy.distill.sites.pair_sites`); trained in place.
         images: ``"synthetic:scenes"``, ``"synthetic:images"``, a folder of jpg/png (ImageFolder layout: labeled),
-            a ``uint8 (N, H, W, 3)`` array (``labels`` optional) or an :class:`ImageSource`.
+            a ``uint8 (N, H, W, 3)`` array (``labels`` optional), a detection ``data.yaml`` (detectors: its boxes
+            add the YOLO task loss, its class count must be the teacher's) or an :class:`ImageSource`.
         steps: total optimiser steps (with ``resume``: the total, not the number still to run).
         batch: images per step. imgsz: training input size (H, W or one side).
         lr: learning rate of the attention parameters (the rest: ``lr * BACKBONE_LR_FACTOR``).
