@@ -95,7 +95,7 @@ def test_detector_head_terms() -> None:
     result = distill(teacher, student, scenes(4), steps=2, batch=2, imgsz=64)
     assert {"attention", "box", "cls"} <= set(result.history[0])
     assert all(np.isfinite(h["total"]) for h in result.history)
-    with pytest.raises(ConfigError, match="labels for detectors are not supported yet"):
+    with pytest.raises(ConfigError, match=r"labels for detectors come from a data\.yaml"):
         distill(teacher, student, scenes(4), labels=np.zeros(4, dtype=np.int64), steps=1, imgsz=64)
 
 

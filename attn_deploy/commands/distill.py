@@ -21,9 +21,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--images",
-        required=True,
+        default=None,
         help="folder of .jpg/.png (unlabeled; ImageFolder sub-folders add labels), or synthetic:scenes / "
-        "synthetic:images",
+        "synthetic:images (needed unless --data)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="detectors: an Ultralytics data.yaml; its train images and boxes add the YOLO task loss, its val "
+        "split is scored (mAP)",
     )
     p.add_argument("--steps", type=int, default=300, help="optimiser steps in all (default 300)")
     p.add_argument("--batch", type=int, default=32, help="images per step (default 32)")
@@ -52,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from attn_deploy.bench.timing import fix_threads
-    from attn_deploy.distill import LossWeights, distill, open_source
+    from attn_deploy.distill import LossWeights, distill, open_source, yolo_source
     from attn_deploy.distill.report import SUMMARY_HEADERS, distill_report, summary_row
     from attn_deploy.fsutil import check_writable_dir
     from attn_deploy.markdown import markdown_table
@@ -68,11 +74,21 @@ def run(args: argparse.Namespace) -> int:
     teacher_spec.check_size(args.imgsz, args.imgsz)
     if args.latency_imgsz is not None:
         teacher_spec.check_size(args.latency_imgsz, args.latency_imgsz)
+    if (args.images is None) == (args.data is None):
+        raise ConfigError(
+            "pass the images: --images (a folder or synthetic:...) or --data (a data.yaml), one"
+        )
+    if args.data is not None and teacher_spec.task != "detect":
+        raise ConfigError(
+            f"--data (a detection data.yaml) is for detector teachers; {teacher_spec.name} is a classifier, "
+            "use --images"
+        )
     weights = LossWeights(args.attention_weight, args.output_weight, args.task_weight, args.temperature)
     out = Path(args.out or f"engines/distill/{teacher_spec.name}-to-{student_spec.name}")
     check_writable_dir(out, "--out")
     read_state_dict(args.weights)  # a missing or foreign file fails before the images are read
-    source = open_source(args.images, (args.imgsz, args.imgsz))
+    size = (args.imgsz, args.imgsz)
+    source = open_source(args.images, size) if args.data is None else yolo_source(args.data, size)
     threads = fix_threads(args.threads)
     teacher = create_model(teacher_spec.name, weights=args.weights)
     student = create_model(student_spec.name, num_classes=teacher.spec.num_classes, calibrate=False)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from attn_deploy.distill.loop import DistillResult, distill
 from attn_deploy.distill.losses import LossWeights
 from attn_deploy.distill.sites import SitePair, attention_sites, pair_sites
-from attn_deploy.distill.sources import ImageSource, open_source
+from attn_deploy.distill.sources import ImageSource, open_source, yolo_source
 from attn_deploy.distill.student import init_student
 
 __all__ = [
@@ -35,4 +35,5 @@ __all__ = [
     "init_student",
     "open_source",
     "pair_sites",
+    "yolo_source",
 ]

@@ -14,9 +14,12 @@ from attn_deploy.distill.sources import ImageSource
 from attn_deploy.models.profile import count_gflops, count_params
 from attn_deploy.validate.classification import top1_agreement
 from attn_deploy.validate.detection import anchor_box_agreement, box_agreement
+from attn_deploy.validate.detection_eval import score_outputs
 
 EVAL_BATCH = 50
 DETECT_IOU = 0.5
+MAP_KEYS = ("map50", "map50_95", "ap_small")
+"""The mAP figures of a labeled detection source in the report (``ap_small`` ``None`` without small boxes)."""
 """IoU at which a student box counts as the teacher's (mAP50's match criterion)."""
 
 
@@ -36,7 +39,9 @@ def agreement(
 
     Classifiers: ``top1_agreement`` and, when the images have labels of the teacher's classes, ``teacher_accuracy``
     and ``student_accuracy``. Detectors: ``box_agreement`` (decoded boxes, class-aware, IoU >= 0.5, at the
-    teacher's threshold) and ``anchor_box_agreement`` (the teacher's 100 best anchors per image, IoU >= 0.5).
+    teacher's threshold) and ``anchor_box_agreement`` (the teacher's 100 best anchors per image, IoU >= 0.5);
+    with a ``data.yaml`` source also ``teacher_map`` and ``student_map`` (:data:`MAP_KEYS`, the project's
+    :mod:`~attn_deploy.validate.detection_eval` on the val split) and ``map50_95_drop`` (teacher - student).
     """
     images, labels = source.holdout(count)
     x = preprocess(images)
@@ -45,6 +50,12 @@ def agreement(
     if find_detect_head(student) is not None:
         row["box_agreement"] = box_agreement(t_out, s_out, iou=DETECT_IOU).agreement
         row["anchor_box_agreement"] = anchor_box_agreement(t_out, s_out, iou=DETECT_IOU)
+        if source.detection and labels is not None:
+            truths = [labels[labels[:, 0] == i, 1:].astype(np.float64) for i in range(len(x))]
+            for role, out in (("teacher", t_out), ("student", s_out)):
+                metrics = score_outputs(out, truths, int(source.classes or 0)).to_dict()
+                row[f"{role}_map"] = {k: metrics[k] for k in MAP_KEYS}
+            row["map50_95_drop"] = row["teacher_map"]["map50_95"] - row["student_map"]["map50_95"]
         return row
     row["top1_agreement"] = top1_agreement(t_out, s_out)
     if labels is not None and int(labels.max()) < t_out.shape[1]:

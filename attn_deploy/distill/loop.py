@@ -40,6 +40,8 @@ from attn_deploy.distill.sources import ImageSource, open_source
 from attn_deploy.distill.student import init_student
 from attn_deploy.errors import ConfigError, WeightsError, exception_summary
 from attn_deploy.fsutil import atomic_path, check_writable_dir
+from attn_deploy.models.yolov8 import YOLOv8
+from attn_deploy.train.detect_loss import DetectionLoss
 
 BACKBONE_LR_FACTOR = 0.1
 WARMUP = 0.05
@@ -116,7 +118,8 @@ def distill(
         student: a model of the same architecture whose attention sites line up with the teacher's
             (:func:`~attn_deploy.distill.sites.pair_sites`); trained in place.
         images: ``"synthetic:scenes"``, ``"synthetic:images"``, a folder of jpg/png (ImageFolder layout: labeled),
-            a ``uint8 (N, H, W, 3)`` array (``labels`` optional) or an :class:`ImageSource`.
+            a ``uint8 (N, H, W, 3)`` array (``labels`` optional), a detection ``data.yaml`` (detectors: its boxes
+            add the YOLO task loss, its class count must be the teacher's) or an :class:`ImageSource`.
         steps: total optimiser steps (with ``resume``: the total, not the number still to run).
         batch: images per step. imgsz: training input size (H, W or one side).
         lr: learning rate of the attention parameters (the rest: ``lr * BACKBONE_LR_FACTOR``).
@@ -150,9 +153,10 @@ def distill(
     head_t, head_s = find_detect_head(teacher), find_detect_head(student)
     if (head_t is None) != (head_s is None):
         raise ConfigError("teacher and student must both be classifiers or both detectors")
-    if source.labeled and head_s is not None:
+    task_loss = _detection_task_loss(teacher, student, source) if head_s is not None else None
+    if source.detection and head_s is None:
         raise ConfigError(
-            "labels for detectors are not supported yet (the YOLO task loss); distil from unlabeled images"
+            "a data.yaml (boxes) is for detector teachers; distil a classifier from a folder of images"
         )
     settings = {
         "teacher": _model_name(teacher),
@@ -214,6 +218,8 @@ def distill(
             terms = {"attention": map_loss(s_maps, {rename[k]: v for k, v in t_maps.items()})}
             if head_s is not None:
                 terms.update(detection_kd(s_head, t_head, weights.temperature))
+                if task_loss is not None and y is not None:  # Ultralytics scales by the batch: per image here
+                    terms["task"] = task_loss.of_last_forward(torch.from_numpy(y), len(x))[0] / len(x)
             else:
                 terms["kl"] = logits_kl(s_out, t_out, weights.temperature)
                 if y is not None:
@@ -235,6 +241,8 @@ def distill(
                 _save_checkpoint(
                     folder / CHECKPOINT, student, optimizer, schedule, step + 1, history, settings
                 )
+    if task_loss is not None:
+        task_loss.tap.remove()
     student.eval()
     result = DistillResult(
         student,
@@ -253,6 +261,22 @@ def distill(
         with atomic_path(result.student_path) as tmp:
             torch.save(student.state_dict(), tmp)
     return result
+
+
+def _detection_task_loss(teacher: nn.Module, student: nn.Module, source: ImageSource) -> DetectionLoss | None:
+    """The YOLOv8 loss of the student against a labeled detection source's boxes (``None``: no labels)."""
+    if not source.labeled:
+        return None
+    if not source.detection:
+        raise ConfigError(
+            "labels for detectors come from a data.yaml (boxes); pass --data, not a labeled folder"
+        )
+    nc = getattr(find_detect_head(teacher), "nc", None)
+    if nc != source.classes:
+        raise ConfigError(f"the teacher has {nc} classes, the data names {source.classes}; use matching data")
+    if not isinstance(student, YOLOv8):
+        raise ConfigError(f"the YOLO task loss trains a zoo YOLOv8 student, got {type(student).__name__}")
+    return DetectionLoss(student, source.classes)
 
 
 def _model_name(model: nn.Module) -> str:

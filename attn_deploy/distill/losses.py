@@ -11,7 +11,9 @@
   branches): KL between the teacher's and the student's box-side distributions (softmax over the 16 bins at T),
   each anchor weighted by the teacher's top class score so that background anchors do not swamp the objects,
   plus binary cross-entropy of the student's class logits against the teacher's class scores.
-* ``L_task``: cross-entropy against labels (classifiers), only when the images come with labels.
+* ``L_task``: cross-entropy against labels (classifiers), or the YOLOv8 detection loss (box + class + DFL, per
+  image, :class:`~attn_deploy.train.detect_loss.DetectionLoss`) against the boxes of a ``data.yaml`` (detectors);
+  only when the images come with labels.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from attn_deploy.bench.machine import describe_machine
 from attn_deploy.bench.targets import ORT_BENCH_CONFIG
 from attn_deploy.bench.timing import LatencyStats, fix_threads, time_interleaved
 from attn_deploy.data.synthetic import synthetic_images
-from attn_deploy.distill.evaluate import agreement, size_and_compute
+from attn_deploy.distill.evaluate import MAP_KEYS, agreement, size_and_compute
 from attn_deploy.distill.loop import DistillResult
 from attn_deploy.fsutil import atomic_path, write_json, write_text, write_with
 from attn_deploy.markdown import markdown_table
@@ -135,12 +135,19 @@ def _final(history: Sequence[dict[str, float]], window: int = 20) -> dict[str, f
 
 
 def summary_row(report: dict[str, Any]) -> list[str]:
-    """One table row: teacher, student, agreement, accuracies, params, GFLOPs, latencies, drop, export."""
+    """One table row: teacher, student, agreement, accuracies (detectors on a data.yaml: mAP50-95 and its drop in
+    points), params, GFLOPs, latencies, drop, export."""
     t, s, sc = report["teacher"], report["student"], report["scores"]
     agree = sc.get("top1_agreement", sc.get("box_agreement"))
-    acc = (
-        f"{sc['teacher_accuracy']:.1%} / {sc['student_accuracy']:.1%}" if "student_accuracy" in sc else "-"
-    )  # fmt: skip
+    if "student_map" in sc:
+        acc = (
+            f"{100 * sc['teacher_map']['map50_95']:.2f} / {100 * sc['student_map']['map50_95']:.2f} "
+            f"mAP50-95 (drop {100 * sc['map50_95_drop']:.2f})"
+        )
+    elif "student_accuracy" in sc:
+        acc = f"{sc['teacher_accuracy']:.1%} / {sc['student_accuracy']:.1%}"
+    else:
+        acc = "-"
     return [
         t["model"], s["model"], f"{agree:.1%}", acc,
         f"{t['params'] / 1e6:.2f}M / {s['params'] / 1e6:.2f}M", f"{t['gflops']:.2f} / {s['gflops']:.2f}",
@@ -167,6 +174,7 @@ def render(report: dict[str, Any]) -> str:
         f"Scored on {sc['images']} {held}. Latency: ONNX Runtime CPU, batch 1, "
         f"{report['latency_imgsz'][0]}x{report['latency_imgsz'][1]}, p50 of {report['latency_runs']} interleaved "
         f"runs each, {report['machine'].get('threads')} threads.\n\n"
+        f"{map_table(sc)}"
         f"Training: {tr['steps_run']} steps ({tr['seconds']:.0f} s, {tr['cpu_seconds']:.0f} CPU-s) of "
         f"{tr['batch']} images at "
         f"{tr['imgsz'][0]}x{tr['imgsz'][1]} from {tr['source']}; lr {tr['lr']} (attention), x"
@@ -174,6 +182,18 @@ def render(report: dict[str, Any]) -> str:
         f"the last 20 steps): {final}.\n\n"
         f"Student weights: `{report['student_weights']}`; its verified ONNX: `{report['student']['onnx']}`.\n"
     )
+
+
+def map_table(scores: dict[str, Any]) -> str:
+    """The mAP table of a labeled detection source (val split), or nothing."""
+    if "student_map" not in scores:
+        return ""
+
+    def cell(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.2f}"
+
+    rows = [[role, *(cell(scores[f"{role}_map"][k]) for k in MAP_KEYS)] for role in ("teacher", "student")]
+    return f"mAP on the val split (%):\n\n{markdown_table(['model', *MAP_KEYS], rows)}\n"
 
 
 def loss_curves(runs: Mapping[str, Sequence[dict[str, float]]], path: str | os.PathLike[str]) -> None:

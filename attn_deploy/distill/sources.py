@@ -11,6 +11,9 @@ training never draws.
 * a folder of ``.jpg``/``.png``: unlabeled; or, in ImageFolder layout (one sub-folder per class, no images at
   the top), labeled: the labels add the task loss. Every 10th image is held out for the evaluation when there
   are at least ``MIN_HOLDOUT_FILES`` of them; fewer are all used for both (the report says so).
+* an Ultralytics ``data.yaml`` (detectors): the train split's images, letterboxed to the training size, with
+  their boxes (the YOLO task loss); the val split is the holdout. Labels are ``(N, 6)`` float32 rows
+  ``image_index, class, x1, y1, x2, y2`` in the pixels of those letterboxed images.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from PIL import Image
 
 from attn_deploy.data.preprocess import IMAGE_SUFFIXES, check_image_dir, list_images, load_image
 from attn_deploy.data.synthetic import labeled_scenes, synthetic_images
+from attn_deploy.data.yolo_dataset import load_data_yaml, load_split
 from attn_deploy.errors import ConfigError, InputError
 
 SYNTHETIC = ("synthetic:scenes", "synthetic:images")
@@ -56,6 +60,11 @@ class ImageSource:
     """Classes the labels index (ImageFolder: its sub-folders; scenes: ``SCENE_CLASSES``)."""
     holdout_shared: bool = False
     """True when the evaluation images are the training images (a folder too small to split)."""
+    boxes: list[np.ndarray] | None = None
+    """``yolo``: per training image its ``(n, 5)`` boxes ``class, x1, y1, x2, y2``."""
+    holdout_array: np.ndarray | None = None
+    holdout_boxes: list[np.ndarray] | None = None
+    """``yolo``: the val split's images and boxes."""
 
     def _train_indices(self) -> np.ndarray:
         count = len(self.files) if self.array is None else len(self.array)
@@ -78,8 +87,16 @@ class ImageSource:
         pick = np.random.default_rng([TRAIN_SEED, step]).choice(pool, n, replace=len(pool) < n)
         return self._take(pick, with_labels=self.labeled)
 
+    @property
+    def detection(self) -> bool:
+        """True for a labeled detection set (a ``data.yaml``): labels are box rows, not class indices."""
+        return self.kind == "yolo"
+
     def holdout(self, n: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Up to ``n`` evaluation images that training never draws (see ``holdout_shared``), labels if known."""
+        if self.kind == "yolo":
+            assert self.holdout_array is not None and self.holdout_boxes is not None
+            return self.holdout_array[:n], box_rows(self.holdout_boxes[:n])
         if self.kind == "scenes":
             images, labels = labeled_scenes(n, self.size, seed=HOLDOUT_SEED, classes=SCENE_CLASSES)
             return images, labels
@@ -88,12 +105,34 @@ class ImageSource:
         return self._take(self._holdout_indices()[:n], with_labels=self.file_labels is not None)
 
     def _take(self, pick: np.ndarray, with_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.kind == "yolo":
+            assert self.array is not None and self.boxes is not None
+            return self.array[pick], box_rows([self.boxes[i] for i in pick])
         if self.array is not None:
             images = self.array[pick]
         else:
             images = _stack([load_image(self.files[i]) for i in pick], self.size)
         labels = self.file_labels[pick] if with_labels and self.file_labels is not None else None
         return images, labels
+
+
+def box_rows(boxes: list[np.ndarray]) -> np.ndarray:
+    """Per-image ``(n, 5)`` boxes -> ``(N, 6)`` float32 rows ``image_index, class, x1, y1, x2, y2``."""
+    rows = [np.column_stack([np.full(len(b), i), b]) for i, b in enumerate(boxes) if len(b)]
+    return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, 6), np.float32)
+
+
+def yolo_source(data_yaml: str | os.PathLike[str], size: tuple[int, int]) -> ImageSource:
+    """The :class:`ImageSource` of an Ultralytics ``data.yaml``: its train split (letterboxed to ``size``, loaded
+    once) for training, its val split for the evaluation. A missing or malformed yaml is a one-line error."""
+    dataset = load_data_yaml(data_yaml)
+    images, boxes = load_split(dataset, "train", size)
+    val_images, val_boxes = load_split(dataset, "val", size)
+    return ImageSource(
+        f"{dataset.yaml_path} ({len(images)} train, {len(val_images)} val images, {dataset.num_classes} classes)",
+        True, size, "yolo", array=images, classes=dataset.num_classes, boxes=boxes,
+        holdout_array=val_images, holdout_boxes=val_boxes,
+    )  # fmt: skip
 
 
 def _stack(images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
@@ -115,9 +154,10 @@ def open_source(
     *,
     labels: np.ndarray | None = None,
 ) -> ImageSource:
-    """The :class:`ImageSource` for ``images``: ``"synthetic:scenes"``, ``"synthetic:images"``, a folder, or a
-    ``uint8 (N, H, W, 3)`` array (with optional ``labels``). Folder images are all decoded once here, so a
-    missing folder, an empty one or a corrupt image is a one-line ``InputError`` before any training.
+    """The :class:`ImageSource` for ``images``: ``"synthetic:scenes"``, ``"synthetic:images"``, a folder, a
+    ``data.yaml`` (:func:`yolo_source`) or a ``uint8 (N, H, W, 3)`` array (with optional ``labels``). Folder
+    images are all decoded once here, so a missing folder, an empty one or a corrupt image is a one-line
+    ``InputError`` before any training.
     """
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or not len(images):
@@ -136,6 +176,8 @@ def open_source(
             array=images, file_labels=lab, classes=classes, holdout_shared=shared,
         )  # fmt: skip
     text = os.fspath(images)
+    if text.endswith((".yaml", ".yml")):
+        return yolo_source(text, size)
     if text.startswith("synthetic:"):
         if text not in SYNTHETIC:
             raise ConfigError(

@@ -76,7 +76,8 @@ class HeadTap:
 
 
 class DetectionLoss:
-    """``loss(model, images, targets)`` -> (total for ``backward``, detached ``[box, cls, dfl]``).
+    """``loss(model, images, targets)`` -> (total for ``backward``, detached ``[box, cls, dfl]``); or
+    ``loss.of_last_forward(targets, batch)`` after the caller ran the model itself.
 
     ``targets``: ``(N, 6)`` rows ``image_index, class, x1, y1, x2, y2`` in input pixels.
     """
@@ -91,8 +92,12 @@ class DetectionLoss:
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         model(images)
+        return self.of_last_forward(targets, images.shape[0])
+
+    def of_last_forward(self, targets: torch.Tensor, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of the model's last forward pass (read by the tap) on a batch of ``bs`` images against
+        ``targets``: for a caller that already ran the model (no second forward pass)."""
         head = self.tap.outputs()
-        bs = images.shape[0]
         gt_labels, gt_bboxes, mask_gt = _pad_targets(targets, bs)
         # distances in grid units: softmax over the bins, expectation (Ultralytics' bbox_decode)
         dist = head.box.view(bs, -1, 4, REG_MAX).softmax(3).matmul(self.proj.to(head.box.dtype))
