@@ -172,7 +172,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--steps", type=int, default=600, help="about 14 minutes of resnet50 on 2 quiet cores"
     )
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=32, help="distillation images per step")
+    parser.add_argument(
+        "--teacher-batch", type=int, default=32, help="the teacher's training batch (the INT8 benchmark's 32)"
+    )
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--eval-images", type=int, default=500)
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     if args.train_threads:
         torch.set_num_threads(args.train_threads)
-    weights, training = train(args.teacher, args.teacher_steps, args.size, args.batch, args.cache)
+    weights, training = train(args.teacher, args.teacher_steps, args.size, args.teacher_batch, args.cache)
     console.print(f"{args.teacher}: trained ({training})", highlight=False)
     for student in args.students:
         report = distill_student(args, weights, student)
