@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -149,6 +150,11 @@ def quantize_int8(
         method = f"minmax ({method} cannot bin a near-constant tensor)"
         key, cache_hit, quantize = _quantizer(work, calib, config, quantize_bias, cache_dir)
         quantized = quantize(exclude)
+    refused = pools_out_of_kernel_range(quantized)
+    if refused:  # ONNX Runtime would fail at the first inference: those pools stay float, and so do their
+        # consumers, which would otherwise quantize the pooled tensor and recreate the fused pattern
+        exclude = sorted(set(exclude) | set(refused) | consumers_of(work, refused))
+        quantized = quantize(exclude)
     fallback: list[str] = []
     if config.fallback_cosine is not None:
         quantized, fallback = leading_fallback(
@@ -178,6 +184,54 @@ def quantize_int8(
         seconds=round(time.perf_counter() - start, 3),
     )
     return quantized, report
+
+
+POOL_SCALE_RANGE = (2.0**-32, 256.0)
+"""``input_scale / (output_scale * H * W)`` that ONNX Runtime's QLinearGlobalAveragePool accepts (MLAS
+``qlgavgpool.cpp``; outside it the first inference fails: "QLinearGlobalAveragePool parameter out of
+computation range!")."""
+
+
+def pools_out_of_kernel_range(quantized: onnx.ModelProto) -> list[str]:
+    """GlobalAveragePool nodes of a Q/DQ graph (DequantizeLinear -> pool -> QuantizeLinear, which ONNX Runtime
+    fuses into QLinearGlobalAveragePool) whose scales the fused kernel refuses (:data:`POOL_SCALE_RANGE`).
+
+    A pooled tensor that is all but constant calibrates to a tiny output scale: EMA pools a GroupNorm output,
+    whose channel means are its bias (0 +- 1e-8 with untrained weights), so resnet50-ema's ``ort-int8`` had
+    output scales of 2e-9 against input scales of 0.06 and failed at its first inference. Unknown H x W
+    (dynamic shapes) counts as 1, the strictest case for the upper bound."""
+    view = GraphView(quantized)
+    refused = []
+    for node in view.graph.node:
+        if node.op_type != "GlobalAveragePool":
+            continue
+        before = view.producer.get(node.input[0])
+        after = view.consumers.get(node.output[0], [])
+        if before is None or before.op_type != "DequantizeLinear" or len(after) != 1:
+            continue
+        if after[0].op_type != "QuantizeLinear":
+            continue
+        x_scale, y_scale = view.constant(before.input[1]), view.constant(after[0].input[1])
+        if x_scale is None or y_scale is None:
+            continue
+        shape = view.shape(node.input[0]) or ()
+        area = int(np.prod([d for d in shape[2:] if isinstance(d, int)] or [1]))
+        ratio = float(x_scale.ravel()[0]) / max(float(y_scale.ravel()[0]) * area, np.finfo(np.float32).tiny)
+        if not POOL_SCALE_RANGE[0] <= ratio < POOL_SCALE_RANGE[1]:
+            refused.append(node.name)
+    return refused
+
+
+def consumers_of(model: onnx.ModelProto, names: list[str]) -> set[str]:
+    """Names of the nodes that read an output of the nodes ``names``."""
+    view = GraphView(model)
+    return {
+        c.name
+        for n in view.graph.node
+        if n.name in names
+        for out in n.output
+        for c in view.consumers.get(out, [])
+    }
 
 
 def calibration_stride(count: int, most: int = CALIBRATION_STRIDE) -> int:
