@@ -153,7 +153,7 @@ def quantize_int8(
     refused = pools_out_of_kernel_range(quantized)
     if refused:  # ONNX Runtime would fail at the first inference: those pools stay float, and so do their
         # consumers, which would otherwise quantize the pooled tensor and recreate the fused pattern
-        exclude = sorted(set(exclude) | set(refused) | consumers_of(work, refused))
+        exclude = sorted(set(exclude) | set(refused) | readers_of(work, refused))
         quantized = quantize(exclude)
     fallback: list[str] = []
     if config.fallback_cosine is not None:
@@ -206,12 +206,10 @@ def pools_out_of_kernel_range(quantized: onnx.ModelProto) -> list[str]:
         if node.op_type != "GlobalAveragePool":
             continue
         before = view.producer.get(node.input[0])
-        after = view.consumers.get(node.output[0], [])
-        if before is None or before.op_type != "DequantizeLinear" or len(after) != 1:
+        after = _next_quantize(view, node.output[0])
+        if before is None or before.op_type != "DequantizeLinear" or after is None:
             continue
-        if after[0].op_type != "QuantizeLinear":
-            continue
-        x_scale, y_scale = view.constant(before.input[1]), view.constant(after[0].input[1])
+        x_scale, y_scale = view.constant(before.input[1]), view.constant(after.input[1])
         if x_scale is None or y_scale is None:
             continue
         shape = view.shape(node.input[0]) or ()
@@ -222,16 +220,36 @@ def pools_out_of_kernel_range(quantized: onnx.ModelProto) -> list[str]:
     return refused
 
 
-def consumers_of(model: onnx.ModelProto, names: list[str]) -> set[str]:
-    """Names of the nodes that read an output of the nodes ``names``."""
+SHAPE_ONLY_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose")
+"""Ops ONNX Runtime moves a QuantizeLinear across (QDQ propagation) before it fuses a pool with it."""
+
+
+def _next_quantize(view: GraphView, tensor: str) -> onnx.NodeProto | None:
+    """The QuantizeLinear that ``tensor`` reaches as the only consumer, through shape-only ops; else ``None``."""
+    while True:
+        consumers = view.consumers.get(tensor, [])
+        if len(consumers) != 1:
+            return None
+        if consumers[0].op_type == "QuantizeLinear":
+            return consumers[0]
+        if consumers[0].op_type not in SHAPE_ONLY_OPS:
+            return None
+        tensor = consumers[0].output[0]
+
+
+def readers_of(model: onnx.ModelProto, names: list[str]) -> set[str]:
+    """The nodes that read an output of the nodes ``names``, directly or through shape-only ops (which ONNX
+    Runtime would let a QuantizeLinear cross), those shape-only ops included."""
     view = GraphView(model)
-    return {
-        c.name
-        for n in view.graph.node
-        if n.name in names
-        for out in n.output
-        for c in view.consumers.get(out, [])
-    }
+    frontier = [out for n in view.graph.node if n.name in names for out in n.output]
+    found: set[str] = set()
+    while frontier:
+        for reader in view.consumers.get(frontier.pop(), []):
+            if reader.name not in found:
+                found.add(reader.name)
+                if reader.op_type in SHAPE_ONLY_OPS:
+                    frontier.extend(reader.output)
+    return found
 
 
 def calibration_stride(count: int, most: int = CALIBRATION_STRIDE) -> int:
