@@ -279,8 +279,8 @@ def main(argv: list[str] | None = None) -> None:
             "Val split of the synthetic detection set (`attn-deploy make-data --task detect`), scored with "
             "yolo val's postprocess (conf 0.001, NMS IoU 0.7, 300 boxes) and COCO mAP (checked against "
             "pycocotools in tests/test_map.py); values in percent. Every session runs 1 thread; two models were "
-            "evaluated at a time on an otherwise idle 2-core machine (Intel Xeon with AVX-512, VNNI, AMX), so latencies compare "
-            "within one model (its graphs timed interleaved)."
+            "evaluated at a time on an otherwise idle 2-core machine (Intel Xeon with AVX-512, VNNI, AMX), so "
+            "latencies compare within one model (its graphs timed interleaved)."
         ),
     }
     write_json(stored, {"meta": meta, "models": results, "seed_claim": claim})
