@@ -237,17 +237,23 @@ def test_channel_error_counts_every_output_channel_alike():
     assert channel_error([ref], [ref]) == 0.0
 
 
-def test_a_layer_made_float_in_the_qdq_graph_computes_from_float_inputs(tiny, calib, tmp_path):
+def test_a_layer_made_float_in_the_qdq_graph_reads_the_float_tensors(tiny, calib, tmp_path):
     _, proto = tiny
-    config = Int8Config(op_types=("Conv", "Gemm"))  # only weighted layers get Q/DQ
-    quantized, _ = quantize_int8(proto, calib, config, cache_dir=tmp_path)
-    graph = quantized
-    for node in proto.graph.node:
-        if node.op_type in ("Conv", "Gemm"):
-            graph = with_float_layer(graph, proto, node.name)
-    x = calib.images[:4]
-    # every weighted layer float again: the FP32 graph up to float rounding (the Q/DQ nodes left are unused)
-    np.testing.assert_allclose(_run(graph, x), _run(proto, x), rtol=1e-4, atol=1e-5)
+    quantized, _ = quantize_int8(proto, calib, Int8Config(op_types=("Conv", "Gemm")), cache_dir=tmp_path)
+    original = next(n for n in proto.graph.node if n.op_type == "Conv")
+    graph = with_float_layer(quantized, proto, original.name)
+    onnx.checker.check_model(graph)
+    node = next(n for n in graph.graph.node if n.name == original.name)
+    produced_by = {o: n.op_type for n in graph.graph.node for o in n.output}
+    assert all(produced_by.get(i) != "DequantizeLinear" for i in node.input)
+    floats = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    fp32 = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for name, used in zip(original.input, node.input, strict=True):
+        if name in fp32:  # weights and bias: the FP32 values, under a name no DequantizeLinear produces
+            np.testing.assert_array_equal(floats[used], fp32[name])
+        else:  # the activation before its Q/DQ pair
+            assert used == name and produced_by.get(name) != "DequantizeLinear"
+    assert _run(graph, calib.images[:1]).shape == _run(proto, calib.images[:1]).shape
 
 
 def test_the_most_sensitive_layers_stay_float(tiny, calib, tmp_path):
@@ -352,11 +358,13 @@ def test_histogram_calibration_falls_back_to_minmax_on_a_near_constant_tensor(tm
 
         def __init__(self) -> None:
             super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.conv, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = self.conv(x)
-            return y * torch.softmax(y.mean((2, 3), keepdim=True) * 1e-6, dim=1)
+            y = self.conv(
+                x
+            )  # a head conv after the gate: what follows the last conv stays float (output tail)
+            return self.head(y * torch.softmax(y.mean((2, 3), keepdim=True) * 1e-6, dim=1))
 
     x = torch.from_numpy(SPEC(synthetic_images(1, SIZE, seed=5)))
     path = tmp_path / "near_constant.onnx"
