@@ -51,7 +51,6 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-from attn_deploy.backends.ort import OrtRunner
 from attn_deploy.config import Int8Config
 from attn_deploy.errors import ExportError, exception_summary
 from attn_deploy.parity import compare_outputs
@@ -64,7 +63,7 @@ from attn_deploy.precision.calibration import (
 )
 from attn_deploy.precision.graph import GraphView, ensure_node_names
 from attn_deploy.precision.policy import attention_gate_nodes, output_tail
-from attn_deploy.precision.sensitivity import CHECK_IMAGES, WEIGHTED_OPS, run_images, sensitivity_fallback
+from attn_deploy.precision.sensitivity import WEIGHTED_OPS, OutputError, sensitivity_fallback
 
 CALIBRATION_STRIDE = 4
 ACTIVATION_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
@@ -294,13 +293,12 @@ def leading_fallback(
     equally and is carried by every later one, so the early, high-resolution layers cost the most accuracy
     per layer kept in float (benchmarks/results/int8_placement.md). Only calibration images are used.
     """
-    check = calib.images[: min(len(calib.images), CHECK_IMAGES)]
-    reference = run_images(OrtRunner(model.SerializeToString()), calib.input_name, check)
+    check = OutputError(model, calib)
     layers = [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS and n.name not in exclude]
     count = 0
     while True:
-        outputs = run_images(OrtRunner(quantized.SerializeToString()), calib.input_name, check)
-        if compare_outputs(reference, outputs, atol=float("inf"), min_cosine=0.0).cosine >= target:
+        outputs = check.outputs(quantized)
+        if compare_outputs(check.reference, outputs, atol=float("inf"), min_cosine=0.0).cosine >= target:
             return quantized, layers[:count]
         if count >= len(layers):
             raise ExportError(

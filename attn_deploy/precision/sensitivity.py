@@ -78,13 +78,14 @@ class OutputError:
     def __init__(self, model: onnx.ModelProto, calib: CalibrationSet):
         self.input_name = calib.input_name
         self.images = calib.images[: min(len(calib.images), CHECK_IMAGES)]
-        self.reference = self._outputs(model)
+        self.reference = self.outputs(model)
 
-    def _outputs(self, graph: onnx.ModelProto) -> list[np.ndarray]:
+    def outputs(self, graph: onnx.ModelProto) -> list[np.ndarray]:
+        """``graph``'s outputs on the check images (ONNX Runtime CPU)."""
         return run_images(OrtRunner(graph.SerializeToString()), self.input_name, self.images)
 
     def __call__(self, graph: onnx.ModelProto) -> float:
-        return channel_error(self.reference, self._outputs(graph))
+        return channel_error(self.reference, self.outputs(graph))
 
 
 def rank_layers(
