@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from attn_deploy.display import console, progress_display, step_progress
-from attn_deploy.distill import distill
+from attn_deploy.distill import LossWeights, distill
+from attn_deploy.distill.loop import BACKBONE_LR_FACTOR, FREEZE_BATCHNORM
 from attn_deploy.distill.report import SUMMARY_HEADERS, distill_report, loss_curves, summary_row
 from attn_deploy.fsutil import write_json, write_text
 from attn_deploy.markdown import markdown_table
@@ -50,7 +51,7 @@ def distill_student(args: argparse.Namespace, weights: Path, student_name: str) 
     done = folder / "report.json"
     if done.is_file():
         report = json.loads(done.read_text())
-        if report["training"]["steps"] == args.steps:
+        if all(report["training"].get(k) == v for k, v in settings(args).items()):
             return report
     teacher = create_model(args.teacher, weights=weights)
     student = create_model(student_name, num_classes=CLASSES, calibrate=False)
@@ -65,6 +66,9 @@ def distill_student(args: argparse.Namespace, weights: Path, student_name: str) 
             batch=args.batch,
             imgsz=args.size,
             lr=args.lr,
+            backbone_lr_factor=args.backbone_lr_factor,
+            freeze_batchnorm=args.batchnorm == "frozen",
+            weights=loss_weights(args),
             out=folder,
             resume=resume,
             checkpoint_every=10,
@@ -82,6 +86,23 @@ def distill_student(args: argparse.Namespace, weights: Path, student_name: str) 
             threads=args.threads,
             on_stage=on_stage,
         )
+
+
+def loss_weights(args: argparse.Namespace) -> LossWeights:
+    """The loss weights of the command line."""
+    return LossWeights(args.attention_weight, args.output_weight, 1.0, args.temperature)
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The training settings a stored report must have been made with to be reused."""
+    return {
+        "steps": args.steps,
+        "batch": args.batch,
+        "lr": args.lr,
+        "backbone_lr_factor": args.backbone_lr_factor,
+        "freeze_batchnorm": args.batchnorm == "frozen",
+        "loss_weights": loss_weights(args).to_dict(),
+    }
 
 
 def predicted_change(teacher: str, student: str) -> float | None:
@@ -134,7 +155,8 @@ def markdown(reports: dict[str, dict[str, Any]], training: dict[str, Any]) -> st
             f"{training.get('steps')} steps of {training.get('batch')} at {training.get('size')} px "
             f"(final loss {training.get('final_loss')}). Students: distilled for {tr['steps']} steps of {tr['batch']} "
             f"unlabeled scenes at {tr['imgsz'][0]}x{tr['imgsz'][1]} (labels never used), loss weights "
-            f"{tr['loss_weights']}, lr {tr['lr']} (attention) / x{tr['backbone_lr_factor']} (rest). Scored on "
+            f"{tr['loss_weights']}, lr {tr['lr']} (attention) / x{tr['backbone_lr_factor']} (rest), BatchNorm "
+            f"{'frozen (the teacher statistics)' if tr.get('freeze_batchnorm') else 'statistics trained'}. Scored on "
             f"{sc['images']} held-out labeled scenes (the INT8 benchmark's test set). Latency: ONNX Runtime CPU FP32, "
             f"batch 1, {first['latency_imgsz'][0]}x{first['latency_imgsz'][1]} (the cost table's size), p50 of "
             f"{first['latency_runs']} interleaved runs per model in one process. Machine: {machine.get('cpu')}, "
@@ -178,6 +200,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--backbone-lr-factor", type=float, default=BACKBONE_LR_FACTOR)
+    parser.add_argument(
+        "--batchnorm", choices=("frozen", "train"), default="frozen" if FREEZE_BATCHNORM else "train"
+    )
+    parser.add_argument("--attention-weight", type=float, default=LossWeights.attention)
+    parser.add_argument("--output-weight", type=float, default=LossWeights.output)
+    parser.add_argument("--temperature", type=float, default=LossWeights.temperature)
     parser.add_argument("--eval-images", type=int, default=500)
     parser.add_argument("--latency-size", type=int, default=224)
     parser.add_argument("--latency-runs", type=int, default=20)

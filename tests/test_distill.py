@@ -90,6 +90,20 @@ def test_loss_decreases() -> None:
     assert not student.training
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_batchnorm_statistics_frozen_or_trained(freeze: bool) -> None:
+    teacher, student = zoo("resnet18-ema"), zoo("resnet18-eca")
+    init_student(teacher, student)
+    bn = student.bn1
+    before = bn.running_mean.clone()
+    result = distill(teacher, student, scenes(4), steps=2, batch=2, imgsz=SIZE, freeze_batchnorm=freeze)
+    assert result.settings["freeze_batchnorm"] is freeze
+    assert torch.equal(bn.running_mean, before) is freeze  # frozen: the teacher's statistics, untouched
+    assert not student.training and not bn.training
+    with pytest.raises(ConfigError, match="backbone_lr_factor must be a number in"):
+        distill(teacher, student, scenes(4), steps=1, imgsz=SIZE, backbone_lr_factor=True)  # type: ignore[arg-type]
+
+
 def test_detector_head_terms() -> None:
     teacher, student = zoo("yolov8n-ema"), zoo("yolov8n-eca")
     result = distill(teacher, student, scenes(4), steps=2, batch=2, imgsz=64)
@@ -146,6 +160,8 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path: Path, monkeypatch: 
             out=out,
             resume=True,
         )
+    with pytest.raises(ConfigError, match="freeze_batchnorm"):
+        run(resume=True, freeze_batchnorm=not result.settings["freeze_batchnorm"])
     with pytest.raises(ConfigError, match="already holds a distillation checkpoint"):
         run()  # a new run never overwrites an old one's checkpoint
     with pytest.raises(ConfigError, match="no checkpoint to resume"):
@@ -196,6 +212,8 @@ def _corrupt_dir(root: Path) -> Path:
         ({"--images": "synthetic:sceens"}, "unknown synthetic set"),
         ({"--weights": "MISSING"}, "not found"),
         ({"--steps": "0"}, "steps must be an integer from 1"),
+        ({"--backbone-lr-factor": "0"}, "backbone_lr_factor must be a number in (0, 1]"),
+        ({"--backbone-lr-factor": "nan"}, "backbone_lr_factor must be a number in (0, 1]"),
     ],
 )
 def test_cli_errors_are_one_line(

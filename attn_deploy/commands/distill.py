@@ -34,8 +34,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=300, help="optimiser steps in all (default 300)")
     p.add_argument("--batch", type=int, default=32, help="images per step (default 32)")
     p.add_argument("--imgsz", type=int, default=64, help="training input size in pixels (default 64)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the attention (default 1e-3)")
     p.add_argument(
-        "--lr", type=float, default=1e-3, help="learning rate of the attention (rest x0.1; default 1e-3)"
+        "--backbone-lr-factor",
+        type=float,
+        default=None,
+        help="learning rate of the copied non-attention weights, as a fraction of --lr (default 0.1)",
+    )
+    p.add_argument(
+        "--batchnorm",
+        choices=("frozen", "train"),
+        default=None,
+        help="student BatchNorm statistics: keep the teacher's (frozen) or follow the images (train); default frozen",
     )
     p.add_argument("--out", default=None, help="run folder (default engines/distill/<teacher>-to-<student>)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
@@ -59,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     from attn_deploy.bench.timing import fix_threads
     from attn_deploy.distill import LossWeights, distill, open_source, yolo_source
+    from attn_deploy.distill.loop import BACKBONE_LR_FACTOR, FREEZE_BATCHNORM
     from attn_deploy.distill.report import SUMMARY_HEADERS, distill_report, summary_row
     from attn_deploy.fsutil import check_writable_dir
     from attn_deploy.markdown import markdown_table
@@ -103,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
             batch=args.batch,
             imgsz=args.imgsz,
             lr=args.lr,
+            backbone_lr_factor=BACKBONE_LR_FACTOR
+            if args.backbone_lr_factor is None
+            else args.backbone_lr_factor,
+            freeze_batchnorm=FREEZE_BATCHNORM if args.batchnorm is None else args.batchnorm == "frozen",
             weights=weights,
             out=out,
             resume=args.resume,

@@ -1,8 +1,10 @@
 """The distillation loop: a frozen teacher, a student trained toward its attention maps and outputs.
 
 Optimiser: AdamW, the new attention parameters at ``lr``, the rest (copied from the teacher) at
-``lr * BACKBONE_LR_FACTOR``; linear warm-up over the first 5% of the steps, then cosine decay to 0. The student
-trains in train mode (its BatchNorm statistics follow the images), the teacher runs in eval mode.
+``lr * backbone_lr_factor``; linear warm-up over the first 5% of the steps, then cosine decay to 0. The teacher
+runs in eval mode. The student trains in train mode; with ``freeze_batchnorm`` its BatchNorm layers keep the
+teacher's running statistics (eval mode: the function it learns is the one it runs afterwards, and batches
+of a few images do not make noisy statistics), otherwise their statistics follow the images.
 
 Checkpoints (``<out>/checkpoint.pt``, written atomically every ``checkpoint_every`` steps and at the end) hold
 the student's state_dict, the optimiser and schedule, the step and the loss history; ``resume=True`` continues
@@ -44,6 +46,7 @@ from attn_deploy.models.yolov8 import YOLOv8
 from attn_deploy.train.detect_loss import DetectionLoss
 
 BACKBONE_LR_FACTOR = 0.1
+FREEZE_BATCHNORM = False
 WARMUP = 0.05
 CHECKPOINT = "checkpoint.pt"
 STUDENT = "student.pt"
@@ -109,6 +112,8 @@ def distill(
     preprocess: PreprocessSpec | None = None,
     labels: np.ndarray | None = None,
     init: bool = True,
+    backbone_lr_factor: float = BACKBONE_LR_FACTOR,
+    freeze_batchnorm: bool = FREEZE_BATCHNORM,
     on_step: StepCallback | None = None,
 ) -> DistillResult:
     """Train ``student`` toward the frozen ``teacher`` on ``images``; return the student (eval mode) and its log.
@@ -129,6 +134,9 @@ def distill(
         preprocess: raw images -> model input; default the teacher's ``model.spec`` preprocessing at ``imgsz``.
         init: copy the teacher's non-attention weights into the student first
             (:func:`~attn_deploy.distill.student.init_student`).
+        backbone_lr_factor: learning rate of the copied (non-attention) weights, as a fraction of ``lr``.
+        freeze_batchnorm: keep the student's BatchNorm layers in eval mode (the teacher's running statistics,
+            their scale and shift still trained), so that the student learns the function it runs after training.
         on_step: progress callback ``(step, steps, terms)``.
     """
     steps = _check_int(steps, "steps", 1, MAX_STEPS)
@@ -137,8 +145,11 @@ def distill(
     size = (imgsz, imgsz) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
     for side in size:
         _check_int(side, "imgsz", 8, 4096)
-    if not (isinstance(lr, int | float) and math.isfinite(lr) and 0 < lr <= 1):
-        raise ConfigError(f"lr must be a number in (0, 1], got {lr!r}")
+    for name, value in (("lr", lr), ("backbone_lr_factor", backbone_lr_factor)):
+        if isinstance(value, bool) or not (
+            isinstance(value, int | float) and math.isfinite(value) and 0 < value <= 1
+        ):
+            raise ConfigError(f"{name} must be a number in (0, 1], got {value!r}")
     weights = weights or LossWeights()
     folder = None if out is None else check_writable_dir(out, "out")
     if resume and folder is None:
@@ -168,7 +179,8 @@ def distill(
         "batch": batch,
         "steps": steps,
         "lr": lr,
-        "backbone_lr_factor": BACKBONE_LR_FACTOR,
+        "backbone_lr_factor": backbone_lr_factor,
+        "freeze_batchnorm": freeze_batchnorm,
         "loss_weights": weights.to_dict(),
     }
 
@@ -180,7 +192,7 @@ def distill(
             {"params": [p for p in trainable if id(p) in attention_params], "lr": lr},
             {
                 "params": [p for p in trainable if id(p) not in attention_params],
-                "lr": lr * BACKBONE_LR_FACTOR,
+                "lr": lr * backbone_lr_factor,
             },
         ],
         weight_decay=1e-4,
@@ -202,7 +214,7 @@ def distill(
     s_sites = {p.student: p.kinds for p in pairs}
     rename = {f"{p.teacher}/{k}": f"{p.student}/{k}" for p in pairs for k in p.kinds}
     began, began_cpu = time.perf_counter(), time.process_time()
-    student.train()
+    _train_mode(student, freeze_batchnorm)
     with (
         capture_maps(teacher, t_sites) as t_maps,
         capture_maps(student, s_sites) as s_maps,
@@ -261,6 +273,15 @@ def distill(
         with atomic_path(result.student_path) as tmp:
             torch.save(student.state_dict(), tmp)
     return result
+
+
+def _train_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
+    """Train mode for ``model``; with ``freeze_batchnorm`` its BatchNorm layers stay in eval mode."""
+    model.train()
+    if freeze_batchnorm:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def _detection_task_loss(teacher: nn.Module, student: nn.Module, source: ImageSource) -> DetectionLoss | None:
@@ -327,6 +348,8 @@ RESUME_KEYS = (
     "batch",
     "steps",
     "lr",
+    "backbone_lr_factor",
+    "freeze_batchnorm",
     "loss_weights",
 )
 """Settings a resumed run must share with the checkpoint (anything else would train a different student)."""
@@ -353,6 +376,7 @@ def _load_checkpoint(
             f"cannot resume from '{path}' ({type(exc).__name__}: {exception_summary(exc, limit=160)}); "
             "remove it and run without --resume"
         ) from None
+    saved.setdefault("freeze_batchnorm", False)  # checkpoints from before the option trained BatchNorm
     differ = [k for k in RESUME_KEYS if saved.get(k) != settings[k]]
     if differ:
         detail = ", ".join(f"{k} {saved.get(k)!r} -> {settings[k]!r}" for k in differ[:3])
