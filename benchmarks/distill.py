@@ -28,7 +28,8 @@ import torch
 
 from attn_deploy.display import console, progress_display, step_progress
 from attn_deploy.distill import LossWeights, distill
-from attn_deploy.distill.loop import BACKBONE_LR_FACTOR, FREEZE_BATCHNORM
+from attn_deploy.distill.loop import BACKBONE_LR_FACTOR
+from attn_deploy.distill.losses import CLASSIFIER_WEIGHTS
 from attn_deploy.distill.report import SUMMARY_HEADERS, distill_report, loss_curves, summary_row
 from attn_deploy.fsutil import write_json, write_text
 from attn_deploy.markdown import markdown_table
@@ -201,12 +202,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--backbone-lr-factor", type=float, default=BACKBONE_LR_FACTOR)
-    parser.add_argument(
-        "--batchnorm", choices=("frozen", "train"), default="frozen" if FREEZE_BATCHNORM else "train"
-    )
-    parser.add_argument("--attention-weight", type=float, default=LossWeights.attention)
-    parser.add_argument("--output-weight", type=float, default=LossWeights.output)
-    parser.add_argument("--temperature", type=float, default=LossWeights.temperature)
+    parser.add_argument("--batchnorm", choices=("frozen", "train"), default="frozen")
+    parser.add_argument("--attention-weight", type=float, default=CLASSIFIER_WEIGHTS.attention)
+    parser.add_argument("--output-weight", type=float, default=CLASSIFIER_WEIGHTS.output)
+    parser.add_argument("--temperature", type=float, default=CLASSIFIER_WEIGHTS.temperature)
     parser.add_argument("--eval-images", type=int, default=500)
     parser.add_argument("--latency-size", type=int, default=224)
     parser.add_argument("--latency-runs", type=int, default=20)

@@ -3,6 +3,7 @@ resume, the exported student verified, and one-line errors from the command."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 
 from attn_deploy.cli import main
 from attn_deploy.distill import distill, init_student, pair_sites
+from attn_deploy.distill.losses import CLASSIFIER_WEIGHTS, DETECTOR_WEIGHTS
 from attn_deploy.distill.sites import FEATURES, capture_maps
 from attn_deploy.errors import ConfigError, WeightsError
 from attn_deploy.models import create_model
@@ -87,6 +89,8 @@ def test_loss_decreases() -> None:
     totals = [h["total"] for h in result.history]
     assert set(result.history[0]) == {"step", "total", "attention", "kl"}
     assert np.mean(totals[-2:]) < 0.8 * np.mean(totals[:2]), totals
+    assert result.settings["loss_weights"] == CLASSIFIER_WEIGHTS.to_dict()  # the measured classifier defaults
+    assert result.settings["freeze_batchnorm"] is True
     assert not student.training
 
 
@@ -102,12 +106,16 @@ def test_batchnorm_statistics_frozen_or_trained(freeze: bool) -> None:
     assert not student.training and not bn.training
     with pytest.raises(ConfigError, match="backbone_lr_factor must be a number in"):
         distill(teacher, student, scenes(4), steps=1, imgsz=SIZE, backbone_lr_factor=True)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="freeze_batchnorm must be True, False or None"):
+        distill(teacher, student, scenes(4), steps=1, imgsz=SIZE, freeze_batchnorm="yes")  # type: ignore[arg-type]
 
 
 def test_detector_head_terms() -> None:
     teacher, student = zoo("yolov8n-ema"), zoo("yolov8n-eca")
     result = distill(teacher, student, scenes(4), steps=2, batch=2, imgsz=64)
     assert {"attention", "box", "cls"} <= set(result.history[0])
+    assert result.settings["loss_weights"] == DETECTOR_WEIGHTS.to_dict()  # the detector record's settings
+    assert result.settings["freeze_batchnorm"] is False
     assert all(np.isfinite(h["total"]) for h in result.history)
     with pytest.raises(ConfigError, match=r"labels for detectors come from a data\.yaml"):
         distill(teacher, student, scenes(4), labels=np.zeros(4, dtype=np.int64), steps=1, imgsz=64)
@@ -180,8 +188,12 @@ def test_cli_distils_reports_and_exports_a_verified_student(
     out = tmp_path / "run"
     args = ["distill", "--teacher", "resnet18-se", "--weights", str(teacher_weights), "--student", "resnet18-eca",
             "--images", str(folder), "--steps", "2", "--batch", "2", "--imgsz", str(SIZE), "--eval-images", "4",
-            "--latency-runs", "2", "--out", str(out)]  # fmt: skip
+            "--latency-runs", "2", "--out", str(out), "--temperature", "2"]  # fmt: skip
     assert main(args) == 0
+    training = json.loads((out / "report.json").read_text())["training"]
+    # a flag replaces its own default only; the rest are the classifier defaults
+    assert training["loss_weights"] == {**CLASSIFIER_WEIGHTS.to_dict(), "temperature": 2.0}
+    assert training["freeze_batchnorm"] is True and training["backbone_lr_factor"] == 0.1
     assert {"student.pt", "checkpoint.pt", "report.md", "report.json", "loss.png"} <= {
         p.name for p in out.iterdir()
     }

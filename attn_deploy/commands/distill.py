@@ -45,14 +45,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--batchnorm",
         choices=("frozen", "train"),
         default=None,
-        help="student BatchNorm statistics: keep the teacher's (frozen) or follow the images (train); default frozen",
+        help="student BatchNorm statistics: keep the teacher's (frozen) or follow the images (train); default "
+        "frozen for classifiers, train for detectors",
     )
     p.add_argument("--out", default=None, help="run folder (default engines/distill/<teacher>-to-<student>)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.add_argument("--attention-weight", type=float, default=1.0, help="weight of the attention-map MSE (1)")
-    p.add_argument("--output-weight", type=float, default=1.0, help="weight of the output distillation (1)")
-    p.add_argument("--task-weight", type=float, default=1.0, help="weight of the task loss with labels (1)")
-    p.add_argument("--temperature", type=float, default=4.0, help="softening temperature of the KL terms (4)")
+    for term, what in (
+        ("attention", "the attention-site term (classifiers 10, detectors 1)"),
+        ("output", "the output distillation (1)"),
+        ("task", "the task loss with labels (1)"),
+    ):
+        p.add_argument(f"--{term}-weight", type=float, default=None, help=f"weight of {what}")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="softening temperature of the KL terms (classifiers 1, detectors 4)",
+    )
     p.add_argument("--eval-images", type=int, default=500, help="held-out images scored at the end (500)")
     p.add_argument(
         "--latency-imgsz", type=int, default=None, help="size the ONNX latency is timed at (--imgsz)"
@@ -65,11 +74,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Distil, report, export; print the summary."""
     # torch, the zoo and the export pipeline load only when the command runs
+    from dataclasses import replace
     from pathlib import Path
 
     from attn_deploy.bench.timing import fix_threads
-    from attn_deploy.distill import LossWeights, distill, open_source, yolo_source
-    from attn_deploy.distill.loop import BACKBONE_LR_FACTOR, FREEZE_BATCHNORM
+    from attn_deploy.distill import distill, open_source, yolo_source
+    from attn_deploy.distill.loop import BACKBONE_LR_FACTOR
+    from attn_deploy.distill.losses import default_weights
     from attn_deploy.distill.report import SUMMARY_HEADERS, distill_report, summary_row
     from attn_deploy.fsutil import check_writable_dir
     from attn_deploy.markdown import markdown_table
@@ -94,7 +105,15 @@ def run(args: argparse.Namespace) -> int:
             f"--data (a detection data.yaml) is for detector teachers; {teacher_spec.name} is a classifier, "
             "use --images"
         )
-    weights = LossWeights(args.attention_weight, args.output_weight, args.task_weight, args.temperature)
+    given = {
+        "attention": args.attention_weight,
+        "output": args.output_weight,
+        "task": args.task_weight,
+        "temperature": args.temperature,
+    }
+    weights = replace(
+        default_weights(teacher_spec.task == "detect"), **{k: v for k, v in given.items() if v is not None}
+    )
     out = Path(args.out or f"engines/distill/{teacher_spec.name}-to-{student_spec.name}")
     check_writable_dir(out, "--out")
     read_state_dict(args.weights)  # a missing or foreign file fails before the images are read
@@ -117,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             backbone_lr_factor=BACKBONE_LR_FACTOR
             if args.backbone_lr_factor is None
             else args.backbone_lr_factor,
-            freeze_batchnorm=FREEZE_BATCHNORM if args.batchnorm is None else args.batchnorm == "frozen",
+            freeze_batchnorm=None if args.batchnorm is None else args.batchnorm == "frozen",
             weights=weights,
             out=out,
             resume=args.resume,

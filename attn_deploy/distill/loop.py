@@ -31,6 +31,7 @@ from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.distill.losses import (
     LossWeights,
     capture_head,
+    default_weights,
     detection_kd,
     find_detect_head,
     logits_kl,
@@ -46,7 +47,6 @@ from attn_deploy.models.yolov8 import YOLOv8
 from attn_deploy.train.detect_loss import DetectionLoss
 
 BACKBONE_LR_FACTOR = 0.1
-FREEZE_BATCHNORM = False
 WARMUP = 0.05
 CHECKPOINT = "checkpoint.pt"
 STUDENT = "student.pt"
@@ -113,7 +113,7 @@ def distill(
     labels: np.ndarray | None = None,
     init: bool = True,
     backbone_lr_factor: float = BACKBONE_LR_FACTOR,
-    freeze_batchnorm: bool = FREEZE_BATCHNORM,
+    freeze_batchnorm: bool | None = None,
     on_step: StepCallback | None = None,
 ) -> DistillResult:
     """Train ``student`` toward the frozen ``teacher`` on ``images``; return the student (eval mode) and its log.
@@ -128,7 +128,8 @@ def distill(
         steps: total optimiser steps (with ``resume``: the total, not the number still to run).
         batch: images per step. imgsz: training input size (H, W or one side).
         lr: learning rate of the attention parameters (the rest: ``lr * BACKBONE_LR_FACTOR``).
-        weights: loss weights and temperature (:class:`~attn_deploy.distill.losses.LossWeights`).
+        weights: loss weights and temperature (:class:`~attn_deploy.distill.losses.LossWeights`); default the
+            measured ones of the task (:func:`~attn_deploy.distill.losses.default_weights`).
         out: folder for ``checkpoint.pt`` and ``student.pt``; ``None`` keeps everything in memory.
         resume: continue from ``<out>/checkpoint.pt`` (its settings must match these).
         preprocess: raw images -> model input; default the teacher's ``model.spec`` preprocessing at ``imgsz``.
@@ -137,6 +138,8 @@ def distill(
         backbone_lr_factor: learning rate of the copied (non-attention) weights, as a fraction of ``lr``.
         freeze_batchnorm: keep the student's BatchNorm layers in eval mode (the teacher's running statistics,
             their scale and shift still trained), so that the student learns the function it runs after training.
+            Default: frozen for classifiers (measured: +0.6 points of agreement), trained for detectors (the
+            settings of the detector record).
         on_step: progress callback ``(step, steps, terms)``.
     """
     steps = _check_int(steps, "steps", 1, MAX_STEPS)
@@ -150,7 +153,6 @@ def distill(
             isinstance(value, int | float) and math.isfinite(value) and 0 < value <= 1
         ):
             raise ConfigError(f"{name} must be a number in (0, 1], got {value!r}")
-    weights = weights or LossWeights()
     folder = None if out is None else check_writable_dir(out, "out")
     if resume and folder is None:
         raise ConfigError("resume needs the out folder of the interrupted run")
@@ -162,6 +164,11 @@ def distill(
     source = images if isinstance(images, ImageSource) else open_source(images, size, labels=labels)
     pairs = pair_sites(teacher, student)
     head_t, head_s = find_detect_head(teacher), find_detect_head(student)
+    weights = weights or default_weights(head_s is not None)
+    if freeze_batchnorm is None:
+        freeze_batchnorm = head_s is None
+    elif not isinstance(freeze_batchnorm, bool):
+        raise ConfigError(f"freeze_batchnorm must be True, False or None, got {freeze_batchnorm!r}")
     if (head_t is None) != (head_s is None):
         raise ConfigError("teacher and student must both be classifiers or both detectors")
     task_loss = _detection_task_loss(teacher, student, source) if head_s is not None else None
