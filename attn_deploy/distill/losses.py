@@ -62,7 +62,7 @@ class LossWeights:
 CLASSIFIER_WEIGHTS = LossWeights(attention=10.0, output=1.0, task=1.0, temperature=1.0)
 """Classifiers: the attention-site term 10x the KL, at T = 1. Measured on resnet50-ema -> resnet50-eca (150 steps
 of 16 unlabeled scenes, BatchNorm frozen): top-1 agreement 91.8% with every weight 1, 94.6% with attention 10
-(also with 50), 91.6% with output 4; T = 1 beat T = 4 by 0.8 points (``benchmarks/results/distill-sweep.md``)."""
+(also with 50), 91.6% with output 4; T = 1 no worse than T = 4 (``benchmarks/results/distill-sweep.md``)."""
 DETECTOR_WEIGHTS = LossWeights()
 """Detectors: every term 1, T = 4 (the DFL bins are soft targets): the settings of the yolov8n-ema -> yolov8n-eca
 record (mAP50-95 drop 0.19 points)."""
