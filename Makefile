@@ -17,8 +17,8 @@ venv: $(STAMP)
 demo: $(STAMP)  ## export the headline model (YOLOv8s + ECA) to ONNX, verified against PyTorch
 	$(BIN)/attn-deploy export --model yolov8-eca
 
-test: $(STAMP)  ## the whole suite, CPU only (GPU tests skip with a reason); prints the 15 slowest tests
-	$(BIN)/pytest -q --durations=15
+test: $(STAMP)  ## the whole suite, CPU only (GPU tests skip with a reason), in 2 workers; prints the 15 slowest tests
+	$(BIN)/pytest -q -n 2 --durations=15
 
 test-fast: $(STAMP)  ## the development loop: everything not marked slow (under 2 minutes on 2 cores)
 	$(BIN)/pytest -q -m "not slow" --durations=5

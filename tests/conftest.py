@@ -15,8 +15,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-# Two cores in CI: keep PyTorch from oversubscribing them.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two cores in CI: keep PyTorch from oversubscribing them, shared among the pytest-xdist workers when there are any.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
 
 
 def ort_outputs(onnx_path: str | os.PathLike[str], inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
