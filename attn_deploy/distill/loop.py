@@ -127,7 +127,7 @@ def distill(
             add the YOLO task loss, its class count must be the teacher's) or an :class:`ImageSource`.
         steps: total optimiser steps (with ``resume``: the total, not the number still to run).
         batch: images per step. imgsz: training input size (H, W or one side).
-        lr: learning rate of the attention parameters (the rest: ``lr * BACKBONE_LR_FACTOR``).
+        lr: learning rate of the attention parameters (the rest: ``lr * backbone_lr_factor``).
         weights: loss weights and temperature (:class:`~attn_deploy.distill.losses.LossWeights`); default the
             measured ones of the task (:func:`~attn_deploy.distill.losses.default_weights`).
         out: folder for ``checkpoint.pt`` and ``student.pt``; ``None`` keeps everything in memory.
