@@ -108,6 +108,22 @@ def summarise(entries: list[dict[str, Any]], times: dict[str, list[float]]) -> l
     return rows
 
 
+def _fps_drop_pct(overhead_pct: float | None) -> float | None:
+    """The FPS lost to a latency overhead (the seed article's claims are FPS drops)."""
+    return None if overhead_pct is None else (1.0 - 1.0 / (1.0 + overhead_pct / 100.0)) * 100.0
+
+
+def _load_note(doc: dict[str, Any]) -> str:
+    """Whether other jobs shared the CPU: a 1-minute load above the threads this benchmark runs says so."""
+    peak = max(doc["load_before"][0], doc["load_after"][0])
+    if peak > doc["threads"] + 0.5:
+        return (
+            f"SHARED machine (1-min load up to {peak:.1f} on {doc['threads']} threads): other jobs ran during "
+            "the measurement, so absolute times are inflated and noisy."
+        )
+    return f"Quiet machine: the 1-min load stayed at or below {peak:.1f} ({doc['threads']} threads, this run's own)."
+
+
 def markdown(rows: list[dict[str, Any]], doc: dict[str, Any]) -> str:
     """The results file."""
     m = doc["machine"]
@@ -120,6 +136,7 @@ def markdown(rows: list[dict[str, Any]], doc: dict[str, Any]) -> str:
             f"{r['speedup_iqr'][0]:.2f}-{r['speedup_iqr'][1]:.2f}",
             r.get("overhead_before_pct"),
             r.get("overhead_after_pct"),
+            _fps_drop_pct(r.get("overhead_after_pct")),
             f"{r['explain_before']['reorders']} / {r['explain_after']['reorders']}",
             f"{r['explain_before']['Expand']} / {r['explain_after']['Expand']}",
             f"{r['explain_before']['nodes']} / {r['explain_after']['nodes']}",
@@ -135,6 +152,7 @@ def markdown(rows: list[dict[str, Any]], doc: dict[str, Any]) -> str:
         "IQR",
         "overhead vs none before %",
         "after %",
+        "FPS drop after %",
         "ORT reorders b/a",
         "Expand b/a",
         "ORT nodes b/a",
@@ -144,9 +162,9 @@ def markdown(rows: list[dict[str, Any]], doc: dict[str, Any]) -> str:
         "# Deploy-time graph passes: before / after on ONNX Runtime CPU (FP32, batch 1)\n\n"
         f"- CPU: {m.get('cpu')} ({m.get('physical_cores')} cores), {doc['threads']} threads, "
         f"{doc['rounds']} interleaved rounds; load average before {doc['load_before']}, after {doc['load_after']}\n"
-        "- SHARED machine: other jobs ran during the measurement, so absolute times are inflated and noisy. "
+        f"- {_load_note(doc)} "
         "Each ratio is the median over rounds of before/after measured back to back in the same round; "
-        "the IQR column shows its spread.\n"
+        "the IQR column shows its spread. FPS drop = 1 - 1 / (1 + overhead).\n"
         "- before = our export without the graph passes (what every export was until 2026-12-01); after = with "
         "them. Both verified against PyTorch by the export.\n\n" + markdown_table(headers, table) + "\n"
     )

@@ -134,3 +134,104 @@ def test_gemm_with_untransposed_weight_is_left_alone() -> None:
     ]
     model = _graph(nodes, [_f32("x", [2, 8, 1, 1])], _f32("out", None), inits)
     assert apply_graph_passes(model) == {}
+
+
+# -- the mean of an instance norm is its bias ---------------------------------------------------------
+def _pooled_norm_graph(bias_as_input: bool = False) -> onnx.ModelProto:
+    """x -> InstanceNormalization -> (GlobalAveragePool -> Softmax, and * 2): the pooled branch of EMA."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "scale")]
+    if not bias_as_input:
+        inits.append(numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "bias"))
+    inits.append(numpy_helper.from_array(np.array(2.0, np.float32), "two"))
+    nodes = [
+        helper.make_node("InstanceNormalization", ["x", "scale", "bias"], ["n"], epsilon=1e-5),
+        helper.make_node("GlobalAveragePool", ["n"], ["p"]),
+        helper.make_node("Softmax", ["p"], ["s"], axis=1),
+        helper.make_node("Mul", ["n", "two"], ["m"]),
+        helper.make_node("Mul", ["m", "s"], ["out"]),
+    ]
+    inputs = [_f32("x", ["N", 6, "H", "W"])] + ([_f32("bias", [6])] if bias_as_input else [])
+    return _graph(nodes, inputs, _f32("out", None), inits)
+
+
+def test_pooled_instance_norm_becomes_its_bias_at_every_batch_and_size() -> None:
+    model = _pooled_norm_graph()
+    reference = onnx.ModelProto()
+    reference.CopyFrom(model)
+    assert apply_graph_passes(model) == {"pooled_instance_norm->bias": 1}
+    ops = [n.op_type for n in model.graph.node]
+    assert "GlobalAveragePool" not in ops and "InstanceNormalization" in ops  # the norm still feeds the Mul
+    rng = np.random.default_rng(4)
+    for shape in [(1, 6, 5, 7), (3, 6, 2, 1), (2, 6, 17, 4)]:  # dynamic batch and size
+        feeds = {"x": (rng.standard_normal(shape) * 3 + 1).astype(np.float32)}
+        # the pooled mean was the bias plus FP32 rounding of a mean of O(1) values (~1e-7): 1e-5 holds on any
+        # x86 kernel
+        np.testing.assert_allclose(_run(model, feeds)[0], _run(reference, feeds)[0], rtol=1e-5, atol=1e-5)
+    assert lint_tensorrt(model) == []
+
+
+def test_pooled_instance_norm_of_a_1x1_map_is_the_exact_bias() -> None:
+    # A 1x1 map normalises to 0, so the pool is the bias exactly. ONNX Runtime's InstanceNormalization folds
+    # to x * a + (B - mean * a) with a = scale / sqrt(eps): large terms that cancel, here to within ~1e-3 of B.
+    model = _pooled_norm_graph()
+    del model.graph.node[3:]
+    model.graph.output[0].name = "s"
+    bias = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "bias")).astype(
+        np.float64
+    )
+    assert apply_graph_passes(model) == {"pooled_instance_norm->bias": 1}
+    assert [n.op_type for n in model.graph.node][-1] == "Softmax"
+    assert "InstanceNormalization" not in [n.op_type for n in model.graph.node]  # nothing else read it
+    expected = np.exp(bias) / np.exp(bias).sum()
+    x = (np.random.default_rng(5).standard_normal((3, 6, 1, 1)) * 50 + 7).astype(np.float32)
+    np.testing.assert_allclose(_run(model, {"x": x})[0].reshape(3, 6), np.tile(expected, (3, 1)), atol=1e-6)
+
+
+def test_pooled_instance_norm_with_a_runtime_bias_stays() -> None:
+    model = _pooled_norm_graph(bias_as_input=True)
+    assert apply_graph_passes(model) == {}
+
+
+def test_ema_export_pools_its_groupnorm_as_the_bias(tmp_path) -> None:
+    model = _block("ema")
+    path = tmp_path / "ema.onnx"
+    result = export_onnx(model, torch.rand(1, 3, 32, 32), path, dynamic_batch=True, dynamic_hw=True)
+    assert result.graph_passes.get("pooled_instance_norm->bias") == 1, result.graph_passes
+    assert_ort_matches_torch(model, result.path, [(2, 3, 24, 40), (1, 3, 9, 13)])
+
+
+# -- a transpose that only moves unit axes is a reshape -----------------------------------------------
+@pytest.mark.parametrize(
+    ("shape", "perm", "fires"),
+    [
+        (["N", 6, 1], [0, 2, 1], True),  # ECA: (B, C, 1) -> (B, 1, C)
+        (["N", 4, "W", 1], [0, 1, 3, 2], True),  # EMA: (N, c, W, 1) -> (N, c, 1, W)
+        (["N", 4, 5], [0, 2, 1], False),  # a real transpose
+        ([2, 1, 3], [2, 1, 0], False),  # 2 and 3 swap: not memory order
+        (["N", 1, "H", "W"], [0, 2, 3, 1], False),  # H and W could both move: two unknown dims, no constant
+    ],
+)
+def test_unit_transpose_becomes_reshape_only_when_memory_order_stays(shape, perm, fires) -> None:
+    model = _graph(
+        [helper.make_node("Transpose", ["x"], ["out"], perm=perm)], [_f32("x", shape)], _f32("out", None)
+    )
+    reference = onnx.ModelProto()
+    reference.CopyFrom(model)
+    assert bool(apply_graph_passes(model)) is fires
+    assert [n.op_type for n in model.graph.node] == ["Reshape" if fires else "Transpose"]
+    rng = np.random.default_rng(6)
+    for batch in (1, 3):
+        dims = [batch if d == "N" else 7 if isinstance(d, str) else d for d in shape]
+        feeds = {"x": rng.standard_normal(dims).astype(np.float32)}
+        np.testing.assert_array_equal(_run(model, feeds)[0], _run(reference, feeds)[0])  # a copy, bit for bit
+
+
+def test_eca_export_has_no_transpose_left(tmp_path) -> None:
+    model = _block("eca")
+    path = tmp_path / "eca.onnx"
+    result = export_onnx(model, torch.rand(1, 3, 32, 32), path, dynamic_batch=True, dynamic_hw=True)
+    assert result.graph_passes.get("unit_transpose->reshape") == 2, result.graph_passes
+    assert "Transpose" not in result.ops_after, result.ops_after
+    assert_ort_matches_torch(model, result.path, [(2, 3, 24, 40), (1, 3, 9, 13)])
+    assert lint_tensorrt(onnx.load(result.path)) == []

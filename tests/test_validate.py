@@ -20,6 +20,7 @@ from attn_deploy.config import load_config, replace_config
 from attn_deploy.errors import ExportError
 from attn_deploy.fsutil import sha256_file
 from attn_deploy.machine import describe_cpu
+from attn_deploy.precision.apply import _hint
 from attn_deploy.validate.classification import top1_agreement
 from attn_deploy.validate.detection import anchor_box_agreement, box_agreement, box_iou, decode, nms
 from attn_deploy.validate.polygraphy_io import INPUTS_NAME, OUTPUTS_NAME
@@ -130,6 +131,18 @@ def test_validate_detector_reports_box_agreement(tmp_path: Path):
     assert report.passed, report.checks
     box = next(c for c in report.checks if c.metric == "box agreement")
     assert box.gated and report.details["boxes"]["reference_boxes"] > 0
+
+
+def test_int8_tolerance_hint_suggests_only_settings_not_in_use() -> None:
+    default = _hint(load_config("ort-int8"))
+    assert "--calib-method entropy" in default and "int8.sensitive_float: 4" in default, default
+    tried = replace_config(
+        load_config("ort-int8"),
+        {"int8.calibration": "entropy", "int8.sensitive_float": 4, "int8.keep_gates_fp": True},
+    )
+    hint = _hint(tried)
+    assert "entropy" not in hint and "sensitive_float" not in hint and "keep_gates_fp" not in hint, hint
+    assert "num_images, now 32" in hint and "untrained" in hint, hint
 
 
 @pytest.mark.slow

@@ -19,10 +19,20 @@ Each pass keeps the values the graph computes, by construction:
   ``transB=1``) and element-wise activations, then ``Reshape (B,C',1,1)``, becomes the same layers as 1x1
   ``Conv`` on the (B,C,1,1) tensor: a 1x1 convolution on a 1x1 map is that matrix product. The squeeze /
   excite MLP of SE then stays in NCHWc with its activation fused, and the two reshapes go.
+* ``unit_transpose->reshape``: a ``Transpose`` that only moves size-1 axes (the non-unit axes keep their order,
+  as in ECA's ``(B, C, 1) -> (B, 1, C)`` and EMA's ``(N, c, W, 1) -> (N, c, 1, W)``) leaves every element at
+  its place in memory: it becomes a ``Reshape`` to the same shape, which ONNX Runtime runs without a copy.
+* ``pooled_instance_norm->bias``: ``GlobalAveragePool(InstanceNormalization(x, scale, B))`` is ``B`` for every
+  (batch, channel): per (n, c) the normalised values ``(x - mean) / sqrt(var + eps)`` sum to zero, so the mean
+  of ``scale * that + B`` is ``B``, whatever ``x``, ``scale`` and ``eps`` (a constant ``x`` normalises to 0).
+  The pooled tensor becomes ``B`` expanded to (N, C, 1, ...): no pass over the normalised map. EMA pools its
+  GroupNorm(c, c) branch this way (``softmax(agp(gn(...)))``), once per block. Exact in real arithmetic; in FP32
+  the pooled mean was ``B`` plus rounding (~1e-7 of ``scale``), now it is ``B`` itself.
 
 Every export with the deploy rewrites runs these passes before verification, so the graph that is written is
 the graph compared with PyTorch (at the export shape and, when dynamic, at unseen shapes). TensorRT parses
-every op produced here (``GlobalAveragePool``, ``GlobalMaxPool``, ``Conv``); the lint runs after them.
+every op produced here (``GlobalAveragePool``, ``GlobalMaxPool``, ``Conv``, and ``Shape``/``Slice``/``Concat``/
+``Expand`` on a shape); the lint runs after them.
 """
 
 from __future__ import annotations
@@ -115,6 +125,25 @@ class EditableGraph:
         unused = [i for i in self.graph.initializer if i.name not in used]
         for init in unused:
             self.graph.initializer.remove(init)
+
+    def fresh_name(self, base: str) -> str:
+        """A tensor name no node output, initializer or graph input uses yet: ``base`` or ``base_<k>``."""
+        taken = set(self.producer) | set(self.initializers) | {i.name for i in self.graph.input}
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        return name
+
+    def remove_unread(self) -> None:
+        """Drop nodes none of whose outputs is read or a graph output (repeatedly: their inputs' producers may
+        become unread in turn), then the initializers only they read."""
+        while True:
+            read = {name for n in self.graph.node for name in n.input} | self.outputs
+            unread = [n for n in self.graph.node if not any(out in read for out in n.output)]
+            if not unread:
+                return
+            self.remove(unread)
 
 
 SMALL_CONSTANT = 64
@@ -309,10 +338,116 @@ def pooled_gemm_to_conv(view: EditableGraph) -> int:
     return changed
 
 
+# -- transpose of unit axes -> reshape -----------------------------------------------------------------
+def _reshape_target(dims: Dims, perm: list[int]) -> list[int] | None:
+    """The Reshape shape equal to ``Transpose(perm)`` of a ``dims`` tensor, or ``None`` when it is a real
+    transpose (non-unit axes reordered) or its shape cannot be written as a constant.
+
+    A symbolic or unknown dim counts as non-unit (whatever it is at run time, the order check then still
+    holds). In the target, a dim that stays at its index is 0 (copy the input's), one other unknown dim is -1.
+    """
+    moving = [axis for axis in perm if dims[axis] != 1]
+    if moving != sorted(moving) or any(d == 0 for d in dims):
+        return None
+    target: list[int] = []
+    for position, axis in enumerate(perm):
+        dim = dims[axis]
+        if isinstance(dim, int):
+            target.append(dim)
+        elif axis == position:
+            target.append(0)
+        else:
+            target.append(-1)
+    return target if target.count(-1) <= 1 else None
+
+
+def unit_transpose_to_reshape(view: EditableGraph) -> int:
+    """``Transpose`` moving only size-1 axes -> ``Reshape`` (the same elements in the same memory order)."""
+    changed = 0
+    for node in view.graph.node:
+        if node.op_type != "Transpose" or node.domain not in ("", "ai.onnx"):
+            continue
+        dims = view.shape(node.input[0])
+        perm = _attr(node, "perm", None)
+        if dims is None or perm is None or len(perm) != len(dims):  # type: ignore[arg-type]
+            continue
+        target = _reshape_target(dims, [int(a) for a in perm])  # type: ignore[union-attr]
+        if target is None:
+            continue
+        name = view.fresh_name(f"{node.output[0]}__shape")
+        view.graph.initializer.append(numpy_helper.from_array(np.array(target, np.int64), name))
+        view.initializers[name] = view.graph.initializer[-1]
+        node.op_type = "Reshape"
+        node.input.append(name)
+        del node.attribute[:]
+        changed += 1
+    return changed
+
+
+# -- global pool of an instance norm -> its bias ------------------------------------------------------
+def _pooled_instance_norm(
+    view: EditableGraph, pool: onnx.NodeProto
+) -> tuple[onnx.NodeProto, np.ndarray] | None:
+    """The InstanceNormalization a GlobalAveragePool reads and its constant bias, when the pool is its mean."""
+    norm = view.producer.get(pool.input[0])
+    if norm is None or norm.op_type != "InstanceNormalization" or norm.domain not in ("", "ai.onnx"):
+        return None
+    bias = view.constant(norm.input[2]) if len(norm.input) > 2 else None
+    shape = view.shape(pool.input[0])
+    if bias is None or bias.ndim != 1 or shape is None or len(shape) < 3:
+        return None
+    if (
+        isinstance(shape[1], int) and shape[1] != bias.shape[0]
+    ):  # a symbolic C is B's length, or the norm fails
+        return None
+    if view.types.get(pool.input[0]) not in FLOAT_TYPES or not np.all(np.isfinite(bias)):
+        return None
+    return norm, bias
+
+
+def pooled_instance_norm_to_bias(view: EditableGraph) -> int:
+    """``GlobalAveragePool(InstanceNormalization(x, scale, B))`` -> ``Expand(B, (N, C, 1, ...))``."""
+    changed = 0
+    for pool in [n for n in view.graph.node if n.op_type == "GlobalAveragePool"]:
+        found = _pooled_instance_norm(view, pool)
+        if found is None:
+            continue
+        norm, bias = found
+        rank = len(view.shape(pool.input[0]) or ())
+        elem = onnx.helper.tensor_dtype_to_np_dtype(view.types[pool.input[0]])
+        stem = pool.output[0]
+        constants = {
+            "bias": bias.astype(elem).reshape(1, -1, *[1] * (rank - 2)),
+            "c1": np.array([bias.shape[0], *[1] * (rank - 2)], np.int64),
+            "zero": np.array([0], np.int64),
+            "one": np.array([1], np.int64),
+        }
+        names = {key: view.fresh_name(f"{stem}__{key}") for key in (*constants, "shape", "batch", "target")}
+        view.graph.initializer.extend(numpy_helper.from_array(v, names[k]) for k, v in constants.items())
+        shape, batch, target = names["shape"], names["batch"], names["target"]
+        nodes = [
+            onnx.helper.make_node("Shape", [norm.input[0]], [shape], name=shape),
+            onnx.helper.make_node("Slice", [shape, names["zero"], names["one"]], [batch], name=batch),
+            onnx.helper.make_node("Concat", [batch, names["c1"]], [target], name=target, axis=0),
+            onnx.helper.make_node("Expand", [names["bias"], target], [stem], name=f"{stem}__expand"),
+        ]
+        position = list(view.graph.node).index(pool)
+        for offset, node in enumerate(nodes):
+            view.graph.node.insert(position + offset, node)
+        view.graph.node.remove(pool)
+        view.reindex()
+        changed += 1
+    if changed:
+        view.remove_unread()
+    return changed
+
+
 PASSES: tuple[GraphPass, ...] = (
     GraphPass("expand->broadcast", drop_broadcast_expand),
     GraphPass("reduce->global_pool", reduce_to_global_pool),
     GraphPass("pooled_gemm->conv1x1", pooled_gemm_to_conv),
+    GraphPass("pooled_instance_norm->bias", pooled_instance_norm_to_bias),
+    GraphPass("unit_transpose->reshape", unit_transpose_to_reshape),
 )
 
 
