@@ -19,19 +19,19 @@ Each pass keeps the values the graph computes, by construction:
   ``transB=1``) and element-wise activations, then ``Reshape (B,C',1,1)``, becomes the same layers as 1x1
   ``Conv`` on the (B,C,1,1) tensor: a 1x1 convolution on a 1x1 map is that matrix product. The squeeze /
   excite MLP of SE then stays in NCHWc with its activation fused, and the two reshapes go.
-* ``unit_transpose->reshape``: a ``Transpose`` that only moves size-1 axes (the non-unit axes keep their order,
-  as in ECA's ``(B, C, 1) -> (B, 1, C)`` and EMA's ``(N, c, W, 1) -> (N, c, 1, W)``) leaves every element at
-  its place in memory: it becomes a ``Reshape`` to the same shape, which ONNX Runtime runs without a copy.
 * ``pooled_instance_norm->bias``: ``GlobalAveragePool(InstanceNormalization(x, scale, B))`` is ``B`` for every
   (batch, channel): per (n, c) the normalised values ``(x - mean) / sqrt(var + eps)`` sum to zero, so the mean
   of ``scale * that + B`` is ``B``, whatever ``x``, ``scale`` and ``eps`` (a constant ``x`` normalises to 0).
   The pooled tensor becomes ``B`` expanded to (N, C, 1, ...): no pass over the normalised map. EMA pools its
   GroupNorm(c, c) branch this way (``softmax(agp(gn(...)))``), once per block. Exact in real arithmetic; in FP32
   the pooled mean was ``B`` plus rounding (~1e-7 of ``scale``), now it is ``B`` itself.
+* ``unit_transpose->reshape``: a ``Transpose`` that only moves size-1 axes (the non-unit axes keep their order,
+  as in ECA's ``(B, C, 1) -> (B, 1, C)`` and EMA's ``(N, c, W, 1) -> (N, c, 1, W)``) leaves every element at
+  its place in memory: it becomes a ``Reshape`` to the same shape, which ONNX Runtime runs without a copy.
 
 Every export with the deploy rewrites runs these passes before verification, so the graph that is written is
 the graph compared with PyTorch (at the export shape and, when dynamic, at unseen shapes). TensorRT parses
-every op produced here (``GlobalAveragePool``, ``GlobalMaxPool``, ``Conv``, and ``Shape``/``Slice``/``Concat``/
+every op produced here (``GlobalAveragePool``, ``GlobalMaxPool``, ``Conv``, ``Reshape``, and ``Shape``/``Slice``/``Concat``/
 ``Expand`` on a shape); the lint runs after them.
 """
 
@@ -396,9 +396,8 @@ def _pooled_instance_norm(
     shape = view.shape(pool.input[0])
     if bias is None or bias.ndim != 1 or shape is None or len(shape) < 3:
         return None
-    if (
-        isinstance(shape[1], int) and shape[1] != bias.shape[0]
-    ):  # a symbolic C is B's length, or the norm fails
+    # A known C must be B's length; a symbolic C is B's length at run time, or the norm itself fails.
+    if isinstance(shape[1], int) and shape[1] != bias.shape[0]:
         return None
     if view.types.get(pool.input[0]) not in FLOAT_TYPES or not np.all(np.isfinite(bias)):
         return None
