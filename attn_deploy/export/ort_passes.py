@@ -31,8 +31,8 @@ Each pass keeps the values the graph computes, by construction:
 
 Every export with the deploy rewrites runs these passes before verification, so the graph that is written is
 the graph compared with PyTorch (at the export shape and, when dynamic, at unseen shapes). TensorRT parses
-every op produced here (``GlobalAveragePool``, ``GlobalMaxPool``, ``Conv``, ``Reshape``, and ``Shape``/``Slice``/``Concat``/
-``Expand`` on a shape); the lint runs after them.
+every op produced here (``GlobalAveragePool``, ``GlobalMaxPool``, ``Conv``, ``Reshape``, and
+``Shape``/``Slice``/``Concat``/``Expand`` on a shape); the lint runs after them.
 """
 
 from __future__ import annotations
