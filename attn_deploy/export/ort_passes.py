@@ -127,8 +127,11 @@ class EditableGraph:
             self.graph.initializer.remove(init)
 
     def fresh_name(self, base: str) -> str:
-        """A tensor name no node output, initializer or graph input uses yet: ``base`` or ``base_<k>``."""
+        """A name no tensor (node output, initializer, graph input) or node has yet: ``base`` or ``base_<k>``.
+
+        The passes name a new node after its output, so one name serves both."""
         taken = set(self.producer) | set(self.initializers) | {i.name for i in self.graph.input}
+        taken |= {n.name for n in self.graph.node}
         name, k = base, 0
         while name in taken:
             k += 1
