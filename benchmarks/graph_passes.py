@@ -28,13 +28,14 @@ from attn_deploy.bench.machine import describe_machine, load_average
 from attn_deploy.bench.run import prepare_model
 from attn_deploy.bench.targets import ORT_BENCH_CONFIG
 from attn_deploy.bench.timing import SETTLE_S, fix_threads, interleaved_order
-from attn_deploy.errors import ExportError
+from attn_deploy.errors import AttnDeployError, ConfigError, ExportError
 from attn_deploy.export.pipeline import export_onnx
-from attn_deploy.fsutil import write_json, write_text
+from attn_deploy.fsutil import check_name, check_writable_dir, write_json, write_text
 from attn_deploy.markdown import fmt, markdown_table
 
 DEFAULT_MODELS = "resnet50-none,resnet50-se,resnet50-eca,resnet50-cbam,resnet50-coordatt,resnet50-ema"
 OUT = Path("benchmarks/results")
+MAX_ROUNDS = 1000
 
 
 VARIANTS: dict[str, dict[str, bool]] = {
@@ -217,12 +218,20 @@ def main(argv: list[str] | None = None) -> int:
         "--name", default="graph_passes", help="file stem of the results (default graph_passes)"
     )
     args = parser.parse_args(argv)
-    threads = fix_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="graph-passes-") as tmp:
-        entries = [export_pair(name, Path(tmp)) for name in args.models.split(",")]
-        load_before = load_average()
-        times = time_rounds(entries, threads, args.rounds)
-        load_after = load_average()
+    try:
+        if not 1 <= args.rounds <= MAX_ROUNDS:
+            raise ConfigError(f"--rounds must be 1..{MAX_ROUNDS}, got {args.rounds}")
+        name = check_name(args.name, "--name", fix="use one file stem, e.g. graph_passes-yolov8s")
+        out = check_writable_dir(args.out)
+        threads = fix_threads(args.threads)
+        with tempfile.TemporaryDirectory(prefix="graph-passes-") as tmp:
+            entries = [export_pair(model, Path(tmp)) for model in args.models.split(",")]
+            load_before = load_average()
+            times = time_rounds(entries, threads, args.rounds)
+            load_after = load_average()
+    except AttnDeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     rows = summarise(entries, times)
     doc = {
         "machine": describe_machine(threads),
@@ -233,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "times_ms": times,
     }
-    write_json(args.out / f"{args.name}.json", doc)
-    write_text(args.out / f"{args.name}.md", markdown(rows, doc))
+    write_json(out / f"{name}.json", doc)
+    write_text(out / f"{name}.md", markdown(rows, doc))
     for r in rows:
         print(r["model"], fmt(r["speedup"]), r.get("overhead_before_pct"), r.get("overhead_after_pct"))
     return 0

@@ -236,3 +236,20 @@ def test_eca_export_has_no_transpose_left(tmp_path) -> None:
     assert "Transpose" not in result.ops_after, result.ops_after
     assert_ort_matches_torch(model, result.path, [(2, 3, 24, 40), (1, 3, 9, 13)])
     assert lint_tensorrt(onnx.load(result.path)) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rounds", "0"], "--rounds must be 1..1000"),
+        (["--name", "../x"], "cannot be a file or folder name"),
+        (["--models", "nope"], "unknown model 'nope'"),
+    ],
+)
+def test_graph_passes_benchmark_refuses_bad_options_in_one_line(args, message, tmp_path, capsys) -> None:
+    from benchmarks.graph_passes import main as graph_passes_main
+
+    assert graph_passes_main([*args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing written
