@@ -98,42 +98,38 @@ def time_rounds(entries: list[dict[str, Any]], threads: int, rounds: int) -> dic
     return times
 
 
-def _naive_ratio(times: dict[str, list[float]], name: str) -> dict[str, Any]:
-    """Median and IQR over rounds of naive / ours (ours faster: > 1), when the naive export was timed."""
-    if f"{name}/naive" not in times:
-        return {}
-    ratio = np.array(times[f"{name}/naive"]) / np.array(times[f"{name}/after"])
-    return {
-        "naive_over_ours": float(np.median(ratio)),
-        "naive_over_ours_iqr": [float(np.percentile(ratio, 25)), float(np.percentile(ratio, 75))],
-    }
+def _round_ratio(times: dict[str, list[float]], slower: str, faster: str) -> tuple[float, list[float]]:
+    """Median and IQR over rounds of the per-round ratio ``slower / faster`` (two keys of ``times``)."""
+    ratio = np.array(times[slower]) / np.array(times[faster])
+    return float(np.median(ratio)), [float(np.percentile(ratio, 25)), float(np.percentile(ratio, 75))]
 
 
 def summarise(entries: list[dict[str, Any]], times: dict[str, list[float]]) -> list[dict[str, Any]]:
-    """Per model: p50 before/after, median per-round speed-up, overhead vs the arch's none before/after."""
+    """Per model: p50 before/after, median per-round speed-ups over before and naive, overhead vs the arch's
+    none before/after."""
     rows = []
     for e in entries:
         name = e["model"]
-        before, after = np.array(times[f"{name}/before"]), np.array(times[f"{name}/after"])
         base = f"{name.split('-', 1)[0]}-none"
+        speedup, speedup_iqr = _round_ratio(times, f"{name}/before", f"{name}/after")
         row = {
             "model": name,
-            "p50_before_ms": float(np.median(before)),
-            "p50_after_ms": float(np.median(after)),
-            "speedup": float(np.median(before / after)),
-            "speedup_iqr": [
-                float(np.percentile(before / after, 25)),
-                float(np.percentile(before / after, 75)),
-            ],
+            "p50_before_ms": float(np.median(times[f"{name}/before"])),
+            "p50_after_ms": float(np.median(times[f"{name}/after"])),
+            "speedup": speedup,
+            "speedup_iqr": speedup_iqr,
             "passes": e["after"]["passes"],
-            **_naive_ratio(times, name),
             "explain_before": e["before"]["explain"],
             "explain_after": e["after"]["explain"],
         }
+        if f"{name}/naive" in times:  # left out when the naive export failed verification
+            row["naive_over_ours"], row["naive_over_ours_iqr"] = _round_ratio(
+                times, f"{name}/naive", f"{name}/after"
+            )
         for variant in ("before", "after"):
             if f"{base}/{variant}" in times and base != name:
-                ratio = np.array(times[f"{name}/{variant}"]) / np.array(times[f"{base}/{variant}"])
-                row[f"overhead_{variant}_pct"] = float((np.median(ratio) - 1.0) * 100.0)
+                ratio, _ = _round_ratio(times, f"{name}/{variant}", f"{base}/{variant}")
+                row[f"overhead_{variant}_pct"] = (ratio - 1.0) * 100.0
         rows.append(row)
     return rows
 

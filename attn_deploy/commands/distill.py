@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from attn_deploy.display import console, progress_display, step_progress
 from attn_deploy.errors import ConfigError
@@ -74,7 +75,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Distil, report, export; print the summary."""
     # torch, the zoo and the export pipeline load only when the command runs
-    from dataclasses import replace
     from pathlib import Path
 
     from attn_deploy.bench.timing import fix_threads
