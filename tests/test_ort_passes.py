@@ -6,9 +6,10 @@ module is exported with dynamic batch and H/W, passes on, and compared with PyTo
 never saw in tests/test_export_attention.py (not repeated here: each export costs seconds).
 
 Tolerances: the passes only change the summation order of a mean (GlobalAveragePool vs ReduceMean), run a
-matrix product as a 1x1 convolution, and replace the pooled mean of an instance norm by the bias it equals in
-exact arithmetic, so outputs differ by FP32 rounding only: 1e-5 relative on O(1) values holds on any x86 CPU
-kernel (AVX2, AVX-512, AMX all accumulate in FP32). A transpose turned reshape moves no value: bit for bit.
+matrix product as a 1x1 convolution, replace the pooled mean of an instance norm by the bias it equals in
+exact arithmetic and re-associate a product of gates, so outputs differ by FP32 rounding only: 1e-5 relative
+on O(1) values holds on any x86 CPU kernel (AVX2, AVX-512, AMX all accumulate in FP32). A transpose turned
+reshape moves no value: bit for bit.
 """
 
 from __future__ import annotations
@@ -189,17 +190,107 @@ def test_pooled_instance_norm_of_a_1x1_map_is_the_exact_bias() -> None:
     np.testing.assert_allclose(_run(model, {"x": x})[0].reshape(3, 6), np.tile(expected, (3, 1)), atol=1e-6)
 
 
+@pytest.mark.parametrize(("flat", "fires"), [((2, 6, 35), True), ((1, 12, 35), False)])
+def test_pooled_instance_norm_behind_a_reshape_keeping_batch_and_channels(flat, fires) -> None:
+    # GroupNorm as the TorchScript exporter writes it: Reshape -> InstanceNormalization -> Reshape back. The
+    # pool sees the norm through the second Reshape when it keeps (N, C); (1, N*C, HW) does not, so it stays.
+    rng = np.random.default_rng(8)
+    channels = flat[1]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "scale"),
+        numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "bias"),
+        numpy_helper.from_array(np.array(flat, np.int64), "flat"),
+        numpy_helper.from_array(np.array([2, 6, 5, 7], np.int64), "back"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["x", "flat"], ["f"]),
+        helper.make_node("InstanceNormalization", ["f", "scale", "bias"], ["n"], epsilon=1e-5),
+        helper.make_node("Reshape", ["n", "back"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["out"]),
+    ]
+    model = _graph(nodes, [_f32("x", [2, 6, 5, 7])], _f32("out", None), inits)
+    reference = onnx.ModelProto()
+    reference.CopyFrom(model)
+    assert apply_graph_passes(model) == ({"pooled_instance_norm->bias": 1} if fires else {})
+    feeds = {"x": (rng.standard_normal((2, 6, 5, 7)) * 3 + 1).astype(np.float32)}
+    # the pooled mean was the bias plus FP32 rounding of a mean of O(1) values (~1e-7): 1e-5 holds everywhere
+    np.testing.assert_allclose(_run(model, feeds)[0], _run(reference, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_pooled_instance_norm_with_a_runtime_bias_stays() -> None:
     model = _pooled_norm_graph(bias_as_input=True)
     assert apply_graph_passes(model) == {}
 
 
-def test_ema_export_pools_its_groupnorm_as_the_bias(tmp_path) -> None:
-    model = _block("ema")
-    path = tmp_path / "ema.onnx"
-    result = export_onnx(model, torch.rand(1, 3, 32, 32), path, dynamic_batch=True, dynamic_hw=True)
-    assert result.graph_passes.get("pooled_instance_norm->bias") == 1, result.graph_passes
-    assert_ort_matches_torch(model, result.path, [(2, 3, 24, 40), (1, 3, 9, 13)])
+@pytest.mark.parametrize(
+    ("attention", "dynamic", "expected"),
+    [
+        ("ema", True, {"pooled_instance_norm->bias": 1, "gate_chain->gate_product": 1}),
+        # the static export has a Reshape keeping (N, C) between GroupNorm's InstanceNormalization and the pool
+        ("ema", False, {"pooled_instance_norm->bias": 1, "gate_chain->gate_product": 1}),
+        ("coordatt", True, {"gate_chain->gate_product": 1}),
+    ],
+)
+def test_ema_and_coordatt_exports_pool_the_norm_as_its_bias_and_multiply_gates_first(
+    attention, dynamic, expected, tmp_path
+) -> None:
+    model = _block(attention)
+    path = tmp_path / f"{attention}.onnx"
+    result = export_onnx(model, torch.rand(1, 3, 32, 32), path, dynamic_batch=dynamic, dynamic_hw=dynamic)
+    assert {k: result.graph_passes.get(k) for k in expected} == expected, result.graph_passes
+    assert_ort_matches_torch(
+        model, result.path, [(2, 3, 24, 40), (1, 3, 9, 13)] if dynamic else [(1, 3, 32, 32)]
+    )
+    assert lint_tensorrt(onnx.load(result.path)) == []
+
+
+# -- two gates multiply first, then x once --------------------------------------------------------------
+def _gate_chain_graph(b_shape: list, inner_readers: int = 1) -> onnx.ModelProto:
+    """out = (x * sigmoid(a)) * sigmoid(b), the gate b computed after the first Mul (as exports order it)."""
+    nodes = [
+        helper.make_node("Sigmoid", ["a"], ["sa"]),
+        helper.make_node("Mul", ["x", "sa"], ["t"]),
+        helper.make_node("Sigmoid", ["b"], ["sb"]),
+        helper.make_node("Mul", ["sb", "t"], ["out" if inner_readers == 1 else "u"]),
+    ]
+    if inner_readers == 2:
+        nodes.append(helper.make_node("Add", ["u", "t"], ["out"]))
+    inputs = [_f32("x", ["N", 4, "H", "W"]), _f32("a", ["N", 4, "H", 1]), _f32("b", b_shape)]
+    return _graph(nodes, inputs, _f32("out", None))
+
+
+def test_gate_chain_multiplies_the_gates_first_at_every_batch_and_size() -> None:
+    model = _gate_chain_graph(["N", 4, 1, "W"])  # CoordAtt / EMA: (N, C, H, 1) and (N, C, 1, W)
+    reference = onnx.ModelProto()
+    reference.CopyFrom(model)
+    assert apply_graph_passes(model) == {"gate_chain->gate_product": 1}
+    known = {"x", "a", "b"}
+    for node in model.graph.node:  # still in topological order: every input computed before it is read
+        assert set(node.input) <= known, node.name
+        known |= set(node.output)
+    muls = [n for n in model.graph.node if n.op_type == "Mul"]
+    assert list(muls[0].input) == ["sa", "sb"] and list(muls[1].input) == ["x", muls[0].output[0]]
+    rng = np.random.default_rng(7)
+    for n, h, w in [(1, 5, 7), (3, 2, 1), (2, 17, 4)]:
+        feeds = {
+            "x": rng.standard_normal((n, 4, h, w)).astype(np.float32),
+            "a": rng.standard_normal((n, 4, h, 1)).astype(np.float32),
+            "b": rng.standard_normal((n, 4, 1, w)).astype(np.float32),
+        }
+        # a product of three re-associated: each side rounds twice, <= ~2 ulp (2.4e-7) relative on any CPU
+        np.testing.assert_allclose(_run(model, feeds)[0], _run(reference, feeds)[0], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("b_shape", "inner_readers"),
+    [
+        (["N", 4, "H", "W"], 1),  # the second operand is x's full size: not a gate
+        (["N", 4, 1, "W"], 2),  # x * a is read again: it must stay
+        ([4, 1, "W"], 1),  # a gate of lower rank: not matched (exports keep ranks equal)
+    ],
+)
+def test_gate_chain_stays_where_not_two_gates_of_one_read(b_shape, inner_readers) -> None:
+    assert apply_graph_passes(_gate_chain_graph(b_shape, inner_readers)) == {}
 
 
 # -- a transpose that only moves unit axes is a reshape -----------------------------------------------

@@ -23,11 +23,19 @@ Each pass keeps the values the graph computes, by construction:
   (batch, channel): per (n, c) the normalised values ``(x - mean) / sqrt(var + eps)`` sum to zero, so the mean
   of ``scale * that + B`` is ``B``, whatever ``x``, ``scale`` and ``eps`` (a constant ``x`` normalises to 0).
   The pooled tensor becomes ``B`` expanded to (N, C, 1, ...): no pass over the normalised map. EMA pools its
-  GroupNorm(c, c) branch this way (``softmax(agp(gn(...)))``), once per block. Exact in real arithmetic; in FP32
+  GroupNorm(c, c) branch this way (``softmax(agp(gn(...)))``), once per block; the static export puts a
+  Reshape that keeps (N, C) between norm and pool, and the pass looks through it. Exact in real arithmetic; in FP32
   the pooled mean was ``B`` plus rounding (~1e-7 of ``scale``), now it is ``B`` itself.
 * ``unit_transpose->reshape``: a ``Transpose`` that only moves size-1 axes (the non-unit axes keep their order,
   as in ECA's ``(B, C, 1) -> (B, 1, C)`` and EMA's ``(N, c, W, 1) -> (N, c, 1, W)``) leaves every element at
   its place in memory: it becomes a ``Reshape`` to the same shape, which ONNX Runtime runs without a copy.
+* ``gate_chain->gate_product``: ``Mul(Mul(x, a), b)`` where ``a`` and ``b`` are gates of ``x`` (each 1 on an
+  axis where ``x`` is not, and never larger than ``x``), as CoordAtt's and EMA's ``x * sigmoid(h) * sigmoid(w)``
+  with gates (N, C, H, 1) and (N, C, 1, W), becomes ``Mul(x, Mul(a, b))``: the gates multiply first (at most
+  ``x``'s size, from two small reads), then one multiply reads ``x``. ONNX Runtime broadcasts a gate over the
+  last axis one row (W elements) at a time, so the chain paid two row-by-row passes over ``x``; measured
+  0.38 vs 0.63 ms at (32, 32, 14, 14) and 0.71 vs 1.05 ms at (32, 64, 7, 7) on 2 AVX2 cores. Broadcasting
+  products are associative, so this is exact in real arithmetic; in FP32 values differ by rounding (~1 ulp).
 
 Every export with the deploy rewrites runs these passes before verification, so the graph that is written is
 the graph compared with PyTorch (at the export shape and, when dynamic, at unseen shapes). TensorRT parses
@@ -388,11 +396,22 @@ def unit_transpose_to_reshape(view: EditableGraph) -> int:
 
 
 # -- global pool of an instance norm -> its bias ------------------------------------------------------
+def _keeps_batch_and_channels(view: EditableGraph, reshape: onnx.NodeProto) -> bool:
+    """True when a Reshape's input and output both start with the same known or named (N, C)."""
+    before, after = view.shape(reshape.input[0]), view.shape(reshape.output[0])
+    if before is None or after is None or len(before) < 3 or len(after) < 3:
+        return False
+    return None not in before[:2] and before[:2] == after[:2]
+
+
 def _pooled_instance_norm(
     view: EditableGraph, pool: onnx.NodeProto
 ) -> tuple[onnx.NodeProto, np.ndarray] | None:
-    """The InstanceNormalization a GlobalAveragePool reads and its constant bias, when the pool is its mean."""
+    """The InstanceNormalization a GlobalAveragePool reads (directly or through a Reshape that keeps N and C,
+    as GroupNorm's export has) and its constant bias, when the pool is its mean."""
     norm = view.producer.get(pool.input[0])
+    if norm is not None and norm.op_type == "Reshape" and _keeps_batch_and_channels(view, norm):
+        norm = view.producer.get(norm.input[0])
     if norm is None or norm.op_type != "InstanceNormalization" or norm.domain not in ("", "ai.onnx"):
         return None
     bias = view.constant(norm.input[2]) if len(norm.input) > 2 else None
@@ -444,12 +463,75 @@ def pooled_instance_norm_to_bias(view: EditableGraph) -> int:
     return changed
 
 
+# -- gate chain -> gate product -----------------------------------------------------------------------
+def _is_gate_of(gate: Dims | None, full: Dims | None) -> bool:
+    """True when ``gate`` is 1 on some axis where ``full`` is not, and ``full`` is 1 only where ``gate`` is 1
+    (same rank): broadcasting it over ``full`` never grows ``full``. A symbolic dim counts as not 1."""
+    if gate is None or full is None or len(gate) != len(full) or not _known(gate) or not _known(full):
+        return False
+    pairs = list(zip(gate, full, strict=True))
+    return any(g == 1 and f != 1 for g, f in pairs) and all(g == 1 for g, f in pairs if f == 1)
+
+
+def _gate_chain(view: EditableGraph, outer: onnx.NodeProto) -> tuple[onnx.NodeProto, int, int] | None:
+    """For ``outer = Mul(Mul(x, a), b)`` with gates ``a`` and ``b`` of ``x``: the inner Mul, the slot of the
+    inner Mul's output in ``outer`` and the slot of ``x`` in the inner Mul."""
+    if outer.op_type != "Mul" or outer.domain not in ("", "ai.onnx") or len(outer.input) != 2:
+        return None
+    if view.types.get(outer.output[0]) not in FLOAT_TYPES:
+        return None
+    for slot in (0, 1):
+        inner = view.producer.get(outer.input[slot])
+        if inner is None or inner.op_type != "Mul" or inner.domain not in ("", "ai.onnx"):
+            continue
+        if len(inner.input) != 2 or view.only_consumer(inner.output[0]) is not outer:
+            continue
+        b = view.shape(outer.input[1 - slot])
+        for x_slot in (0, 1):
+            x, a = view.shape(inner.input[x_slot]), view.shape(inner.input[1 - x_slot])
+            if _is_gate_of(a, x) and _is_gate_of(b, x):
+                return inner, slot, x_slot
+    return None
+
+
+def gate_chain_to_gate_product(view: EditableGraph) -> int:
+    """``Mul(Mul(x, a), b)`` with gates ``a``, ``b`` of ``x`` -> ``Mul(x, Mul(a, b))``.
+
+    Element-wise products with broadcasting are associative (both sides broadcast to the same shape, each
+    element the same three factors), so the rewrite is exact for any shapes; the gate conditions only make
+    sure it is faster (the gate product is never larger than ``x``)."""
+    used: set[int] = set()
+    moved: dict[int, onnx.NodeProto] = {}  # id(outer) -> the inner Mul, which now must run just before it
+    for outer in view.graph.node:
+        found = None if id(outer) in used else _gate_chain(view, outer)
+        if found is None or id(found[0]) in used:
+            continue
+        inner, slot, x_slot = found
+        # the inner Mul becomes the gate product a*b under a new output name; the outer one reads x and it
+        product = view.fresh_name(f"{outer.output[0]}__gate")
+        x, a, b = inner.input[x_slot], inner.input[1 - x_slot], outer.input[1 - slot]
+        inner.input[0], inner.input[1] = a, b
+        inner.output[0] = product
+        outer.input[0], outer.input[1] = x, product
+        used |= {id(inner), id(outer)}
+        moved[id(outer)] = inner
+    if moved:  # b may be computed after the inner Mul's old place: each product goes just before its reader
+        inners = {id(n) for n in moved.values()}
+        order = [
+            m for n in view.graph.node if id(n) not in inners for m in (moved.get(id(n)), n) if m is not None
+        ]
+        del view.graph.node[:]
+        view.graph.node.extend(order)
+    return len(moved)
+
+
 PASSES: tuple[GraphPass, ...] = (
     GraphPass("expand->broadcast", drop_broadcast_expand),
     GraphPass("reduce->global_pool", reduce_to_global_pool),
     GraphPass("pooled_gemm->conv1x1", pooled_gemm_to_conv),
     GraphPass("pooled_instance_norm->bias", pooled_instance_norm_to_bias),
     GraphPass("unit_transpose->reshape", unit_transpose_to_reshape),
+    GraphPass("gate_chain->gate_product", gate_chain_to_gate_product),
 )
 
 
