@@ -23,9 +23,9 @@ Each pass keeps the values the graph computes, by construction:
   (batch, channel): per (n, c) the normalised values ``(x - mean) / sqrt(var + eps)`` sum to zero, so the mean
   of ``scale * that + B`` is ``B``, whatever ``x``, ``scale`` and ``eps`` (a constant ``x`` normalises to 0).
   The pooled tensor becomes ``B`` expanded to (N, C, 1, ...): no pass over the normalised map. EMA pools its
-  GroupNorm(c, c) branch this way (``softmax(agp(gn(...)))``), once per block; the static export puts a
-  Reshape that keeps (N, C) between norm and pool, and the pass looks through it. Exact in real arithmetic; in FP32
-  the pooled mean was ``B`` plus rounding (~1e-7 of ``scale``), now it is ``B`` itself.
+  GroupNorm(c, c) branch this way (``softmax(agp(gn(...)))``), once per block; the TorchScript exporter puts a
+  Reshape that keeps (N, C) between norm and pool, and the pass looks through it. Exact in real arithmetic; in
+  FP32 the pooled mean was ``B`` plus rounding (~1e-7 of ``scale``), now it is ``B`` itself.
 * ``unit_transpose->reshape``: a ``Transpose`` that only moves size-1 axes (the non-unit axes keep their order,
   as in ECA's ``(B, C, 1) -> (B, 1, C)`` and EMA's ``(N, c, W, 1) -> (N, c, 1, W)``) leaves every element at
   its place in memory: it becomes a ``Reshape`` to the same shape, which ONNX Runtime runs without a copy.
@@ -408,7 +408,7 @@ def _pooled_instance_norm(
     view: EditableGraph, pool: onnx.NodeProto
 ) -> tuple[onnx.NodeProto, np.ndarray] | None:
     """The InstanceNormalization a GlobalAveragePool reads (directly or through a Reshape that keeps N and C,
-    as GroupNorm's export has) and its constant bias, when the pool is its mean."""
+    as GroupNorm's TorchScript export has) and its constant bias, when the pool is its mean."""
     norm = view.producer.get(pool.input[0])
     if norm is not None and norm.op_type == "Reshape" and _keeps_batch_and_channels(view, norm):
         norm = view.producer.get(norm.input[0])
