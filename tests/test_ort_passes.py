@@ -14,6 +14,8 @@ reshape moves no value: bit for bit.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -23,9 +25,11 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from attn_deploy.attention import create_attention
+from attn_deploy.config import load_config
 from attn_deploy.export.lint import lint_tensorrt
-from attn_deploy.export.ort_passes import apply_graph_passes
+from attn_deploy.export.ort_passes import apply_graph_passes, channel_matmul_to_mean
 from attn_deploy.export.pipeline import export_onnx
+from attn_deploy.workflow.zoo import export_zoo_model
 from tests.conftest import assert_ort_matches_torch
 
 
@@ -107,7 +111,7 @@ def test_reduce_mean_becomes_global_pool_only_over_hw_with_keepdims(axes, keepdi
     model = _graph(nodes, [_f32("x", [2, 8, 5, 7])], _f32("out", None), [axes_init])
     feeds = {"x": np.random.default_rng(1).standard_normal((2, 8, 5, 7), np.float32)}
     before = _run(model, feeds)[0]
-    assert bool(apply_graph_passes(model)) is fires
+    assert ("reduce->global_pool" in apply_graph_passes(model)) is fires  # axes [1]: channel_mean->matmul
     after = _run(model, feeds)[0]
     assert after.shape == before.shape
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)  # summation order only
@@ -229,11 +233,10 @@ def test_pooled_instance_norm_with_a_runtime_bias_stays() -> None:
         # the static export has a Reshape keeping (N, C) between GroupNorm's InstanceNormalization and the pool
         ("ema", False, {"pooled_instance_norm->bias": 1, "gate_chain->gate_product": 1}),
         ("coordatt", True, {"gate_chain->gate_product": 1}),
+        ("cbam", True, {"channel_mean->matmul": 1}),
     ],
 )
-def test_ema_and_coordatt_exports_pool_the_norm_as_its_bias_and_multiply_gates_first(
-    attention, dynamic, expected, tmp_path
-) -> None:
+def test_attention_exports_get_their_passes_and_match_pytorch(attention, dynamic, expected, tmp_path) -> None:
     model = _block(attention)
     path = tmp_path / f"{attention}.onnx"
     result = export_onnx(model, torch.rand(1, 3, 32, 32), path, dynamic_batch=dynamic, dynamic_hw=dynamic)
@@ -291,6 +294,71 @@ def test_gate_chain_multiplies_the_gates_first_at_every_batch_and_size() -> None
 )
 def test_gate_chain_stays_where_not_two_gates_of_one_read(b_shape, inner_readers) -> None:
     assert apply_graph_passes(_gate_chain_graph(b_shape, inner_readers)) == {}
+
+
+# -- the mean over channels as a matrix product, and back for graphs that are not ORT FP32 --------------
+def _channel_mean_graph(axes: list[int], keepdims: int = 1, channels: int | str = 6, opset: int = 18):
+    """out = ReduceMean(x) over ``axes`` (CBAM's spatial branch reduces axis 1), then * 2."""
+    inits = [numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    if opset >= 18:
+        inits.append(numpy_helper.from_array(np.array(axes, np.int64), "axes"))
+        reduce = helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=keepdims)
+    else:
+        reduce = helper.make_node("ReduceMean", ["x"], ["m"], keepdims=keepdims, axes=axes)
+    nodes = [reduce, helper.make_node("Mul", ["m", "two"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [_f32("x", ["N", channels, "H", "W"])], [_f32("out", None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("opset", [18, 17])  # axes an input from opset 18, an attribute before
+def test_channel_mean_becomes_a_matmul_and_back_at_every_batch_and_size(opset) -> None:
+    model = _channel_mean_graph([1], opset=opset)
+    reference = onnx.ModelProto()
+    reference.CopyFrom(model)
+    assert apply_graph_passes(model) == {"channel_mean->matmul": 1}
+    assert "ReduceMean" not in [n.op_type for n in model.graph.node] and lint_tensorrt(model) == []
+    undone = onnx.ModelProto()
+    undone.CopyFrom(model)
+    assert channel_matmul_to_mean(undone) == 1
+    assert [n.op_type for n in undone.graph.node] == [n.op_type for n in reference.graph.node]
+    rng = np.random.default_rng(9)
+    for shape in [(1, 6, 5, 7), (3, 6, 2, 1), (2, 6, 17, 4)]:  # dynamic batch and size
+        feeds = {"x": (rng.standard_normal(shape) * 3 + 1).astype(np.float32)}
+        expected = _run(reference, feeds)[0]
+        # a mean of 6 O(1) values summed in another order: FP32 rounding ~1e-7, 1e-5 holds on any x86 kernel
+        np.testing.assert_allclose(_run(model, feeds)[0], expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(_run(undone, feeds)[0], expected)  # the very same graph again
+
+
+@pytest.mark.parametrize(
+    ("axes", "keepdims", "channels"),
+    [([2], 1, 6), ([1], 0, 6), ([1], 1, "C"), ([1, 2], 1, 6)],  # other axes, no keepdims, unknown C
+)
+def test_channel_mean_stays_where_not_a_keepdims_mean_over_known_channels(axes, keepdims, channels) -> None:
+    assert apply_graph_passes(_channel_mean_graph(axes, keepdims, channels)) == {}
+
+
+def test_a_matmul_that_is_not_a_channel_mean_is_not_undone() -> None:
+    model = _channel_mean_graph([1])
+    apply_graph_passes(model)
+    row = next(i for i in model.graph.initializer if i.name.endswith("__row"))
+    row.CopyFrom(numpy_helper.from_array(np.full((1, 6), 0.5, np.float32), row.name))  # a sum, not a mean
+    assert channel_matmul_to_mean(model) == 0
+
+
+def test_fp16_export_of_cbam_runs_the_channel_mean_as_reduce_mean_again(tmp_path) -> None:
+    # The matrix product pays on ONNX Runtime FP32 only: the precision stage undoes it and says so.
+    artifact, _ = export_zoo_model(
+        "resnet18-cbam", imgsz=64, out_root=tmp_path, config=load_config("ort-fp16")
+    )
+    manifest = json.loads((artifact.dir / "manifest.json").read_text())
+    assert manifest["graph_passes"]["channel_mean->matmul"] == 8  # one per BasicBlock
+    assert manifest["precision_info"]["graph_passes_undone"] == {"channel_mean->matmul": 8}
+    assert (
+        manifest["precision_info"]["ops"]["ReduceMean"] == 8
+        and "MatMul" not in manifest["precision_info"]["ops"]
+    )
+    assert manifest["parity"]["passed"]
 
 
 # -- a transpose that only moves unit axes is a reshape -----------------------------------------------

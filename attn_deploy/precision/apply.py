@@ -25,6 +25,7 @@ from attn_deploy.backends.torch_runner import TorchRunner
 from attn_deploy.config import ExportConfig
 from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.errors import ExportError
+from attn_deploy.export.ort_passes import channel_matmul_to_mean
 from attn_deploy.export.stats import op_histogram
 from attn_deploy.precision.calibration import calibration_set
 from attn_deploy.precision.engine import compile_engine
@@ -58,9 +59,11 @@ def convert_onnx(
     if config.precision == "fp32":
         return {}
     model = load_onnx(str(onnx_path))
+    # a graph pass that pays on ONNX Runtime FP32 only is undone (export/ort_passes.py)
+    undone = {"channel_mean->matmul": count} if (count := channel_matmul_to_mean(model)) else {}
     if config.precision == "fp16":
         converted, report = convert_fp16(model, config.fp16)
-        info = {"fp16": report.to_dict()}
+        info: dict[str, Any] = {"fp16": report.to_dict()}
     else:
         calib = calibration_set(
             io.input_name,
@@ -77,7 +80,7 @@ def convert_onnx(
             converted, fp16_report = convert_fp16(converted, config.fp16, keep_also=quantized_nodes)
             info["fp16"] = fp16_report.to_dict()
     fsutil.write_with(onnx_path, lambda tmp: onnx.save(converted, str(tmp)))
-    return {**info, "ops": op_histogram(converted)}
+    return {**info, "ops": op_histogram(converted), **({"graph_passes_undone": undone} if undone else {})}
 
 
 def check_against_pytorch(onnx_path: Path, config: ExportConfig, io: ModelIO) -> dict[str, Any]:
