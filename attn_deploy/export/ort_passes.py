@@ -155,6 +155,22 @@ class EditableGraph:
             name = f"{base}_{k}"
         return name
 
+    def add_constants(self, stem: str, values: dict[str, np.ndarray]) -> dict[str, str]:
+        """An initializer per value, named ``<stem>__<key>`` (made fresh); their names by key."""
+        names = {key: self.fresh_name(f"{stem}__{key}") for key in values}
+        for key, value in values.items():
+            self.graph.initializer.append(numpy_helper.from_array(value, names[key]))
+            self.initializers[names[key]] = self.graph.initializer[-1]
+        return names
+
+    def replace(self, node: onnx.NodeProto, nodes: list[onnx.NodeProto]) -> None:
+        """Put ``nodes`` (in order) where ``node`` stands, drop ``node`` and reindex."""
+        position = list(self.graph.node).index(node)
+        for offset, new in enumerate(nodes):
+            self.graph.node.insert(position + offset, new)
+        self.graph.node.remove(node)
+        self.reindex()
+
     def remove_unread(self) -> None:
         """Drop nodes none of whose outputs is read or a graph output (repeatedly: their inputs' producers may
         become unread in turn), then the initializers only they read."""
@@ -394,11 +410,9 @@ def unit_transpose_to_reshape(view: EditableGraph) -> int:
         target = _reshape_target(dims, [int(a) for a in perm])  # type: ignore[union-attr]
         if target is None:
             continue
-        name = view.fresh_name(f"{node.output[0]}__shape")
-        view.graph.initializer.append(numpy_helper.from_array(np.array(target, np.int64), name))
-        view.initializers[name] = view.graph.initializer[-1]
+        names = view.add_constants(node.output[0], {"shape": np.array(target, np.int64)})
         node.op_type = "Reshape"
-        node.input.append(name)
+        node.input.append(names["shape"])
         del node.attribute[:]
         changed += 1
     return changed
@@ -452,20 +466,15 @@ def pooled_instance_norm_to_bias(view: EditableGraph) -> int:
             "zero": np.array([0], np.int64),
             "one": np.array([1], np.int64),
         }
-        names = {key: view.fresh_name(f"{stem}__{key}") for key in (*constants, "shape", "batch", "target")}
-        view.graph.initializer.extend(numpy_helper.from_array(v, names[k]) for k, v in constants.items())
-        shape, batch, target = names["shape"], names["batch"], names["target"]
+        names = view.add_constants(stem, constants)
+        shape, batch, target = (view.fresh_name(f"{stem}__{key}") for key in ("shape", "batch", "target"))
         nodes = [
             onnx.helper.make_node("Shape", [norm.input[0]], [shape], name=shape),
             onnx.helper.make_node("Slice", [shape, names["zero"], names["one"]], [batch], name=batch),
             onnx.helper.make_node("Concat", [batch, names["c1"]], [target], name=target, axis=0),
             onnx.helper.make_node("Expand", [names["bias"], target], [stem], name=f"{stem}__expand"),
         ]
-        position = list(view.graph.node).index(pool)
-        for offset, node in enumerate(nodes):
-            view.graph.node.insert(position + offset, node)
-        view.graph.node.remove(pool)
-        view.reindex()
+        view.replace(pool, nodes)
         changed += 1
     if changed:
         view.remove_unread()
@@ -565,11 +574,10 @@ def channel_mean_to_matmul(view: EditableGraph) -> int:
             "two": np.array([2], np.int64),
             "four": np.array([4], np.int64),
         }
-        n = {
-            key: view.fresh_name(f"{out}__{key}")
-            for key in (*constants, "rows", "mean", "shape", "n", "hw", "to")
-        }
-        view.graph.initializer.extend(numpy_helper.from_array(v, n[k]) for k, v in constants.items())
+        n = view.add_constants(out, constants)
+        n.update(
+            {key: view.fresh_name(f"{out}__{key}") for key in ("rows", "mean", "shape", "n", "hw", "to")}
+        )
         nodes = [  # (N, C, H*W) rows, one (1, C) @ (C, H*W) product per image, back to (N, 1, H, W)
             make("Reshape", [x, n["flat"]], [n["rows"]], name=n["rows"]),
             make("MatMul", [n["row"], n["rows"]], [n["mean"]], name=n["mean"]),
@@ -579,11 +587,7 @@ def channel_mean_to_matmul(view: EditableGraph) -> int:
             make("Concat", [n["n"], n["one"], n["hw"]], [n["to"]], name=n["to"], axis=0),
             make("Reshape", [n["mean"], n["to"]], [out], name=f"{out}__back"),
         ]
-        position = list(view.graph.node).index(node)
-        for offset, new in enumerate(nodes):
-            view.graph.node.insert(position + offset, new)
-        view.graph.node.remove(node)
-        view.reindex()
+        view.replace(node, nodes)
         changed += 1
     if changed:
         view.remove([])  # the axes constants
@@ -641,9 +645,7 @@ def channel_matmul_to_mean(model: onnx.ModelProto) -> int:
         back.input.append(x)
         back.attribute.append(onnx.helper.make_attribute("keepdims", 1))
         if opset >= AXES_AS_INPUT:
-            axes = view.fresh_name(f"{back.output[0]}__axes")
-            view.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), axes))
-            back.input.append(axes)
+            back.input.append(view.add_constants(back.output[0], {"axes": np.array([1], np.int64)})["axes"])
         else:
             back.attribute.append(onnx.helper.make_attribute("axes", [1]))
         view.reindex()
