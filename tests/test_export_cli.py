@@ -33,6 +33,7 @@ def test_export_writes_a_verified_artifact(yolo_dynamic_export: CliExport) -> No
     assert sorted(p.name for p in art.iterdir()) == ["manifest.json", "model.onnx", "report.md"]
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["model"] == "yolov8n-eca" and manifest["task"] == "detect"
+    assert manifest["exporter"] == "dynamo" and manifest["exporter_fallback"] is None
     assert manifest["sha256"] == hashlib.sha256((art / "model.onnx").read_bytes()).hexdigest()
     assert manifest["inputs"] == [
         {"name": "images", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}

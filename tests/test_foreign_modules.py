@@ -203,6 +203,7 @@ def test_dynamo_failure_falls_back_to_torchscript(tmp_path) -> None:
         model, torch.randn(1, 4, 32, 32), tmp_path / "m.onnx", dynamic_batch=True, dynamic_hw=True
     )
     assert res.exporter == "torchscript" and res.parity.passed and len(res.shapes) == 3
+    assert "inferred a static shape" in res.exporter_fallback  # why dynamo was refused, kept for the user
     assert res.inputs[0]["shape"] == ["batch", 4, "height", "width"]
     assert_ort_matches_torch(model, res.path, [(2, 4, 24, 40), (3, 4, 17, 23)])
 

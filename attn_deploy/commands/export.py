@@ -9,6 +9,7 @@ model.pt --trust-checkpoint``) or the user's factory (``--module pkg.mod:factory
 from __future__ import annotations
 
 import argparse
+from textwrap import shorten
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
@@ -200,6 +201,9 @@ def print_export_summary(artifact: Artifact, result: ExportResult) -> None:
     info.add_row("input", "; ".join(f"{v['name']} {v['shape']}" for v in m["inputs"]))
     info.add_row("output", "; ".join(f"{v['name']} {v['shape']}" for v in m["outputs"]))
     info.add_row("opset / dynamic", f"{m['opset']} / batch={m['dynamic']['batch']} hw={m['dynamic']['hw']}")
+    info.add_row(
+        "exporter", m["exporter"] + (" (the dynamo exporter was refused)" if result.exporter_fallback else "")
+    )
     shapes = ", ".join("x".join(map(str, s)) for s in result.shapes)
     verdict = "[green]PASSED[/]" if p.passed else "[red]FAILED[/]"
     info.add_row(
@@ -214,6 +218,12 @@ def print_export_summary(artifact: Artifact, result: ExportResult) -> None:
     info.add_row("TensorRT lint", "clean" if not result.lint else "; ".join(map(str, result.lint)))
     info.add_row("time", f"{result.seconds:.1f} s")
     console.print(info)
+    if result.exporter_fallback:
+        warn(
+            f"the dynamo exporter was refused ({shorten(result.exporter_fallback, 300, placeholder=' ...')}); "
+            f"the {result.exporter} exporter's "
+            "graph was written instead, verified the same way (manifest.json: exporter_fallback)"
+        )
     for table in precision_tables(m):  # precision targets: the converted graph's checks, the TensorRT engine
         console.print(table)
     for warning in far_off_warnings([Check(**c) for c in m.get("parity", {}).get("checks", [])]):

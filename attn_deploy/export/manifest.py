@@ -46,6 +46,7 @@ def build_manifest(
         "sha256": sha256_file(result.path),
         "opset": result.opset,
         "exporter": result.exporter,
+        "exporter_fallback": result.exporter_fallback or None,
         "inputs": result.inputs,
         "outputs": result.outputs,
         "dynamic": {"batch": request.dynamic_batch, "hw": request.dynamic_hw},

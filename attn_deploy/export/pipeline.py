@@ -81,6 +81,8 @@ class ExportResult:
     lint: list[LintIssue] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     exporter: str = "dynamo"
+    exporter_fallback: str = ""
+    """Why the dynamo exporter's graph was not used (it failed to export or to verify); empty when it was."""
     graph_passes: dict[str, int] = field(default_factory=dict)
     """Deploy-time ONNX graph passes applied (name -> sites), see :mod:`attn_deploy.export.ort_passes`."""
 
@@ -558,5 +560,6 @@ def export_onnx(
         lint=lint,
         stage_seconds=timer.seconds,
         exporter=exporter,
+        exporter_fallback=str(failures[0]) if failures else "",
         graph_passes=passes,
     )
