@@ -15,6 +15,7 @@ from attn_deploy import fsutil
 from attn_deploy.artifacts import MANIFEST_NAME, ONNX_NAME, REPORT_NAME, Artifact, staged_directory
 from attn_deploy.backends.trt_commands import engine_markdown
 from attn_deploy.errors import ExportError
+from attn_deploy.export.lint import opset_of
 from attn_deploy.export.manifest import build_manifest, parity_dict
 from attn_deploy.export.pipeline import ExportResult, StageCallback, export_onnx
 from attn_deploy.export.request import ExportRequest
@@ -104,8 +105,7 @@ def source_line(source: dict[str, Any] | None) -> str:
 
 def graph_opset(path: Path) -> int:
     """The opset of the default ONNX domain that the model file at ``path`` imports."""
-    model = onnx.load(str(path), load_external_data=False)
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return opset_of(onnx.load(str(path), load_external_data=False))
 
 
 def write_artifact_files(staging: Path, manifest: dict[str, Any]) -> None:

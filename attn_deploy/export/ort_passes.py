@@ -60,6 +60,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from attn_deploy.export.lint import opset_of
+
 BROADCASTING_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
 ACTIVATIONS = frozenset({"Relu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu"})
 """Element-wise activations a pooled MLP may use between its layers (shape-preserving, one input)."""
@@ -612,9 +614,8 @@ def _is_channel_mean_matmul(view: EditableGraph, back: onnx.NodeProto) -> str | 
         return None
     x = rows.input[0]
     parts = [view.producer.get(name) for name in target.input]
-    if target.op_type != "Concat" or len(parts) != 3 or view.constant(target.input[1]) is None:
-        return None
-    if view.constant(target.input[1]).tolist() != [1]:  # type: ignore[union-attr]
+    unit = view.constant(target.input[1]) if len(parts) == 3 else None
+    if target.op_type != "Concat" or unit is None or unit.tolist() != [1]:
         return None
     for part, bounds in zip((parts[0], parts[2]), ([[0], [1]], [[2], [4]]), strict=True):
         shape = None if part is None or part.op_type != "Slice" else view.producer.get(part.input[0])
@@ -634,7 +635,7 @@ def channel_matmul_to_mean(model: onnx.ModelProto) -> int:
     input dequantized and transposed back to NCHW (resnet50-cbam ort-int8: 4% slower with it); FP16 and TensorRT
     were not measured with it. The precision stage calls this before converting to FP16 or INT8."""
     view = EditableGraph(model)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), AXES_AS_INPUT)
+    opset = opset_of(model)
     changed = 0
     for back in list(view.graph.node):
         x = _is_channel_mean_matmul(view, back)
