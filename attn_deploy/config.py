@@ -113,6 +113,7 @@ class Int8Config:
     activations: ActivationType = "int8"  # uint8 (with symmetric: false) is ONNX Runtime's fast x86 format
     keep_gates_fp: bool = False  # attention gates (sigmoid/softmax and their scaling Mul) left unquantized
     gate_op_types: tuple[str, ...] = ("Sigmoid", "HardSigmoid", "Softmax")
+    outer_gates_fp: bool = False  # products of two directional gates (CoordAtt, EMA) left unquantized
     exclude_op_types: tuple[str, ...] = ()  # further op types never quantized
     op_types: tuple[str, ...] = ()  # op types that get Q/DQ (empty: every type ONNX Runtime can quantize)
     fallback_cosine: float | None = None  # keep leading layers in float until INT8 vs FP32 cosine >= this

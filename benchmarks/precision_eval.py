@@ -29,12 +29,14 @@ from rich.progress import Progress
 from attn_deploy import create_model, export_onnx, list_models
 from attn_deploy.backends.ort import OrtRunner
 from attn_deploy.backends.torch_runner import TorchRunner
+from attn_deploy.bench.targets import ORT_BENCH_CONFIG
 from attn_deploy.bench.timing import physical_cores, time_interleaved
 from attn_deploy.config import Fp16Config, Int8Config
 from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.display import console
-from attn_deploy.fsutil import write_json, write_text
+from attn_deploy.errors import ConfigError
+from attn_deploy.fsutil import check_name, write_json, write_text
 from attn_deploy.markdown import markdown_table
 from attn_deploy.parity import compare_outputs
 from attn_deploy.precision.calibration import calibration_set
@@ -150,12 +152,14 @@ def run_fp16(models: list[str], images: int, merge: bool = False) -> None:
 # INT8 settings compared. Integer format: uint8 asymmetric activations (ONNX Runtime's fast x86 format, the
 # ort-int8 default) or int8 symmetric (the only one TensorRT takes, the trt-int8 default). Placement: ONNX
 # Runtime's default op set (every op it can quantize, so CPU kernels run in INT8) with the attention gates
-# quantized or kept in float; and Q/DQ only on the inputs of weighted ops plus leading layers in float until
+# quantized or kept in float (or quantized but for products of two gates, CoordAtt's and EMA's
+# sigmoid(h) * sigmoid(w)); and Q/DQ only on the inputs of weighted ops plus leading layers in float until
 # cosine >= 0.9985 on calibration images.
 UINT8 = {"activations": "uint8", "symmetric": False}
 PLACEMENTS: dict[str, dict[str, Any]] = {
     "uint8 asym., gates float": {**UINT8, "keep_gates_fp": True},
-    "uint8 asym., gates int8 (ort-int8)": {**UINT8},
+    "uint8 asym., gates int8": {**UINT8},  # ort-int8 until 2026-12-02
+    "uint8 asym., gates int8, gate products float (ort-int8)": {**UINT8, "outer_gates_fp": True},
     "int8 sym., gates float (trt-int8)": {"keep_gates_fp": True},
     "int8 sym., gates int8": {},
     "uint8 asym., weighted ops + fallback": {
@@ -174,10 +178,11 @@ def run_int8(
     calib_images: int,
     eval_images: int,
     merge: bool = False,
+    stem: str = "int8_placement",
 ) -> None:
     """Each placement x calibration method per model: cosine, top-1 / box agreement, Q/DQ counts.
 
-    ``merge`` keeps the stored rows of models not measured in this run.
+    ``merge`` keeps the stored rows of models not measured in this run; ``stem`` is the results' file stem.
     """
     rows = []
     with tempfile.TemporaryDirectory() as tmp, Progress(console=console) as progress:
@@ -224,18 +229,24 @@ def run_int8(
             for k, p in PLACEMENTS.items()
         },
     }
-    stored = RESULTS / "int8_placement.json"
+    stored = RESULTS / f"{stem}.json"
     if merge and stored.is_file():
         rows = [r for r in json.loads(stored.read_text())["rows"] if r["model"] not in models] + rows
     write_json(stored, {"meta": meta, "rows": rows, "summary": _placement_summary(rows)})
-    write_text(RESULTS / "int8_placement.md", _int8_markdown(rows, meta))
+    write_text(RESULTS / f"{stem}.md", _int8_markdown(rows, meta))
 
 
 def _latency(
     graphs: dict[str, onnx.ModelProto], input_name: str, image: np.ndarray, runs: int = 20
 ) -> dict[str, float]:
-    """p50 ms of each graph on ONNX Runtime CPU (physical-core threads), one image, interleaved runs."""
-    runners = {k: OrtRunner(g.SerializeToString(), threads=physical_cores()) for k, g in graphs.items()}
+    """p50 ms of each graph on ONNX Runtime CPU (physical-core threads), one image, interleaved runs.
+
+    The sessions park their threads after each run (``ORT_BENCH_CONFIG``), as in ``attn-deploy bench``: an idle
+    session's spinning pool would otherwise take the cores of the next graph timed."""
+    runners = {
+        k: OrtRunner(g.SerializeToString(), threads=physical_cores(), config=ORT_BENCH_CONFIG)
+        for k, g in graphs.items()
+    }
     calls = {k: (lambda r=r: r.infer({input_name: image}) and None) for k, r in runners.items()}
     samples = time_interleaved(calls, runs=runs, warmup_s=1.0)
     return {k: round(float(np.median(v.wall_ms)), 2) for k, v in samples.items()}
@@ -305,9 +316,13 @@ INT8_NOTES = """Reading the numbers:
   (``int8.keep_gates_fp: true``) or quantized. On trained models both are equally accurate (int8_trained.md);
   quantized gates keep ONNX Runtime's data in integers across the multiply and run 2-23% faster, so
   ``ort-int8`` quantizes them. ``trt-int8`` keeps them in float until TensorRT timings decide.
+- Gate products: CoordAtt's and EMA's ``sigmoid(h) * sigmoid(w)`` (shapes N,C,H,1 and N,C,1,W) as an INT8
+  multiply runs as a broadcasting ``QLinearMul`` that requantizes row by row; ``ort-int8`` keeps those products
+  and their two sigmoids in float (``int8.outer_gates_fp: true``) and every other gate in INT8.
 - "layers in float": leading Conv/Gemm layers kept unquantized by ``int8.fallback_cosine`` (0.9985, checked on
   the calibration images).
-- p50 ms: ONNX Runtime CPU, one image, physical-core threads, 20 interleaved runs; FP32 in brackets.
+- p50 ms: ONNX Runtime CPU, one image, physical-core threads, 20 interleaved runs; FP32 in brackets. Since
+  2026-12-02 the sessions park their threads between runs (as ``attn-deploy bench`` does).
 """
 
 
@@ -328,11 +343,20 @@ def main(argv: list[str] | None = None) -> None:
     int8.add_argument("--calib-images", type=int, default=32)
     int8.add_argument("--eval-images", type=int, default=200)
     int8.add_argument("--merge", action="store_true", help="keep stored rows of models not measured now")
+    int8.add_argument(
+        "--name", default="int8_placement", help="file stem of the results (default int8_placement)"
+    )
     args = parser.parse_args(argv)
     if args.what == "fp16":
         run_fp16(args.models or list_models(), args.images, args.merge)
     else:
-        run_int8(args.models, args.methods, args.placements, args.calib_images, args.eval_images, args.merge)
+        try:
+            stem = check_name(args.name, "--name", fix="use one file stem, e.g. int8_gate_products")
+        except ConfigError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        run_int8(
+            args.models, args.methods, args.placements, args.calib_images, args.eval_images, args.merge, stem
+        )
     console.print(json.dumps({"written": str(RESULTS)}))
 
 

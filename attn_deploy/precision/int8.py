@@ -62,7 +62,7 @@ from attn_deploy.precision.calibration import (
     usable_cache_entry,
 )
 from attn_deploy.precision.graph import GraphView, ensure_node_names
-from attn_deploy.precision.policy import attention_gate_nodes, output_tail
+from attn_deploy.precision.policy import attention_gate_nodes, outer_product_gates, output_tail
 from attn_deploy.precision.sensitivity import WEIGHTED_OPS, OutputError, sensitivity_fallback
 
 CALIBRATION_STRIDE = 4
@@ -83,6 +83,7 @@ class Int8Report:
     cache_key: str
     cache_hit: bool
     keep_gates_fp: bool
+    outer_gates_fp: bool
     quantize_bias: bool
     activations: str  # "uint8 asymmetric" or "int8 symmetric"
     weights: str  # int8 symmetric, per channel or per tensor, 7-bit range (module docstring)
@@ -101,9 +102,10 @@ class Int8Report:
 
 
 def excluded_nodes(model: onnx.ModelProto, config: Int8Config) -> list[str]:
-    """Nodes left unquantized: attention gates (if ``keep_gates_fp``), ``exclude_op_types``, and the output tail
-    (:func:`~attn_deploy.precision.policy.output_tail`: everything after the last weighted layer, and the
-    weighted layers that feed only it).
+    """Nodes left unquantized: attention gates (if ``keep_gates_fp``), products of two gates (if
+    ``outer_gates_fp``, :func:`~attn_deploy.precision.policy.outer_product_gates`), ``exclude_op_types``, and
+    the output tail (:func:`~attn_deploy.precision.policy.output_tail`: everything after the last weighted
+    layer, and the weighted layers that feed only it).
 
     The tail is where a detector turns features into numbers a user reads, and INT8 there costs accuracy for
     almost no time (element-wise ops on the head's small output). Measured on trained yolov8n-none at 128 px
@@ -113,6 +115,8 @@ def excluded_nodes(model: onnx.ModelProto, config: Int8Config) -> list[str]:
     fixed 0..15 expectation weights to 7 bits); the decoding ops float, 62.21; and the DFL conv too, 64.09."""
     view = GraphView(model)
     names = set(attention_gate_nodes(view, config.gate_op_types)) if config.keep_gates_fp else set()
+    if config.outer_gates_fp:
+        names.update(outer_product_gates(view, config.gate_op_types))
     names.update(n.name for n in view.graph.node if n.op_type in config.exclude_op_types)
     names.update(output_tail(view))
     return sorted(names)
@@ -172,6 +176,7 @@ def quantize_int8(
         cache_key=key,
         cache_hit=cache_hit,
         keep_gates_fp=config.keep_gates_fp,
+        outer_gates_fp=config.outer_gates_fp,
         quantize_bias=quantize_bias,
         activations=f"{config.activations} {'symmetric' if config.symmetric else 'asymmetric'}",
         weights=f"int8 symmetric {'per channel' if config.per_channel else 'per tensor'}, range [-64, 64]",
