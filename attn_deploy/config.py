@@ -297,7 +297,11 @@ def _read_merged(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path in seen:
         raise ConfigError(f"{path}: 'extends' forms a cycle: {' -> '.join(p.name for p in (*seen, path))}")
     if not path.is_file():
-        raise ConfigError(f"{seen[-1] if seen else path}: extends a missing file {str(path)!r}")
+        known = ", ".join(sorted(p.stem for p in PACKAGE_CONFIG_DIR.glob("*.yaml")))
+        raise ConfigError(
+            f"{seen[-1] if seen else path}: extends a missing file {str(path)!r}; give a path relative to "
+            f"this file or a shipped target: {known}"
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
@@ -320,7 +324,7 @@ def _read_merged(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if parent is None:
         merged: dict[str, Any] = {}
     elif isinstance(parent, str):
-        merged = _read_merged((path.parent / parent).resolve(), (*seen, path))
+        merged = _read_merged(_parent_config(path, parent), (*seen, path))
         merged.pop("name", None)
     else:
         raise ConfigError(f"{path}: extends: {parent!r} is not allowed; use a relative file name")
@@ -328,6 +332,19 @@ def _read_merged(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if own_name is not None:
         merged["name"] = own_name
     return merged
+
+
+def _parent_config(path: Path, parent: str) -> Path:
+    """The file ``extends: parent`` names: relative to ``path``'s folder, else, for a bare name, ``<name>.yaml``
+    there or a shipped target (``extends: ort-int8``), so a user's config can build on a shipped one."""
+    relative = (path.parent / parent).resolve()
+    if relative.is_file() or Path(parent).name != parent:
+        return relative
+    for folder in (path.parent, PACKAGE_CONFIG_DIR):
+        for candidate in (folder / parent, folder / f"{parent}.yaml"):
+            if candidate.is_file():
+                return candidate.resolve()
+    return relative
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -116,6 +116,27 @@ def test_opset_is_checked_with_and_without_a_config(opset: int):
             resolve_export_config(config, opset=opset)
 
 
+def test_a_user_config_extends_a_shipped_target_by_name(tmp_path: Path):
+    (tmp_path / "mine.yaml").write_text("extends: ort-int8\nint8: {num_images: 8}\n")
+    config = load_config(tmp_path / "mine.yaml")
+    assert (config.name, config.precision, config.int8.num_images) == ("mine", "int8", 8)
+    assert config.int8.activations == "uint8" and config.int8.outer_gates_fp  # inherited from ort-int8
+    # a file next to the user's config wins over a shipped one of the same name
+    (tmp_path / "ort-int8.yaml").write_text("precision: fp16\n")
+    assert load_config(tmp_path / "mine.yaml").precision == "fp16"
+    (tmp_path / "typo.yaml").write_text("extends: ort-int9\n")
+    with pytest.raises(ConfigError, match=r"extends a missing file .*ort-int9.*shipped target: .*ort-int8"):
+        load_config(tmp_path / "typo.yaml")
+
+
+def test_ort_int8_keeps_only_gate_products_float():
+    # measured: products of two gates run faster in float on ONNX Runtime, single gates in INT8
+    # (benchmarks/results/int8_gate_products.md, int8_placement.md); TensorRT keeps every gate float
+    for name in ("ort-int8", "ort-int8-dynamic"):
+        assert (load_config(name).int8.keep_gates_fp, load_config(name).int8.outer_gates_fp) == (False, True)
+    assert load_config("trt-int8").int8.keep_gates_fp
+
+
 def test_extends_cycle_is_reported(tmp_path: Path):
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
