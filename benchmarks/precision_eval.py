@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -353,7 +354,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             stem = check_name(args.name, "--name", fix="use one file stem, e.g. int8_gate_products")
         except ConfigError as exc:
-            raise SystemExit(f"error: {exc}") from None
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         run_int8(
             args.models, args.methods, args.placements, args.calib_images, args.eval_images, args.merge, stem
         )

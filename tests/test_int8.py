@@ -483,3 +483,17 @@ def test_the_output_tail_stays_float() -> None:
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y, late], [w, w2]))
     # late_conv makes an output itself: a weighted layer with no consumers is the model's own last layer
     assert excluded_nodes(model, Int8Config()) == ["dfl_conv", "output_concat", "sigmoid"]
+
+
+@pytest.mark.parametrize("name", ["../x", "", ".hidden"])
+def test_placement_benchmark_refuses_a_results_name_that_is_not_one_file_stem(name, capsys):
+    from benchmarks.precision_eval import RESULTS
+    from benchmarks.precision_eval import main as precision_eval_main
+
+    before = sorted(RESULTS.iterdir())
+    with pytest.raises(SystemExit) as info:
+        precision_eval_main(["int8", "--name", name])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --name") and "\n" not in err, err
+    assert sorted(RESULTS.iterdir()) == before  # nothing written
