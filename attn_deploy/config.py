@@ -262,8 +262,14 @@ def find_config(name_or_path: str | os.PathLike[str]) -> Path:
         for candidate in (folder / path.name, folder / f"{path.name}.yaml"):
             if candidate.is_file():
                 return candidate
-    known = ", ".join(sorted(p.stem for p in PACKAGE_CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config {str(name_or_path)!r} not found; give a YAML path or one of: {known}")
+    raise ConfigError(
+        f"config {str(name_or_path)!r} not found; give a YAML path or one of: {_shipped_names()}"
+    )
+
+
+def _shipped_names() -> str:
+    """The shipped targets' names, comma-separated, for error messages."""
+    return ", ".join(sorted(p.stem for p in PACKAGE_CONFIG_DIR.glob("*.yaml")))
 
 
 def load_config(
@@ -297,10 +303,9 @@ def _read_merged(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path in seen:
         raise ConfigError(f"{path}: 'extends' forms a cycle: {' -> '.join(p.name for p in (*seen, path))}")
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PACKAGE_CONFIG_DIR.glob("*.yaml")))
         raise ConfigError(
             f"{seen[-1] if seen else path}: extends a missing file {str(path)!r}; give a path relative to "
-            f"this file or a shipped target: {known}"
+            f"this file or a shipped target: {_shipped_names()}"
         )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
