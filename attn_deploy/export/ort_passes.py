@@ -306,7 +306,7 @@ def reduce_to_global_pool(view: EditableGraph) -> int:
         del node.attribute[:]
         changed += 1
     if changed:
-        view.remove([])  # the axes constants
+        view.remove_unread()  # the axes constants
     return changed
 
 
@@ -484,13 +484,18 @@ def pooled_instance_norm_to_bias(view: EditableGraph) -> int:
 
 
 # -- gate chain -> gate product -----------------------------------------------------------------------
+def is_stretched(a: Dims, b: Dims) -> bool:
+    """True when ``a`` (same rank as ``b``) is 1 on some axis where ``b`` is not provably 1 (a symbolic or
+    unknown dim counts as not 1): broadcasting ``a`` against ``b`` stretches it along that axis."""
+    return any(x == 1 and y != 1 for x, y in zip(a, b, strict=True))
+
+
 def _is_gate_of(gate: Dims | None, full: Dims | None) -> bool:
     """True when ``gate`` is 1 on some axis where ``full`` is not, and ``full`` is 1 only where ``gate`` is 1
     (same rank): broadcasting it over ``full`` never grows ``full``. A symbolic dim counts as not 1."""
     if gate is None or full is None or len(gate) != len(full) or not _known(gate) or not _known(full):
         return False
-    pairs = list(zip(gate, full, strict=True))
-    return any(g == 1 and f != 1 for g, f in pairs) and all(g == 1 for g, f in pairs if f == 1)
+    return is_stretched(gate, full) and not is_stretched(full, gate)
 
 
 def _gate_chain(view: EditableGraph, outer: onnx.NodeProto) -> tuple[onnx.NodeProto, int, int] | None:
@@ -592,7 +597,7 @@ def channel_mean_to_matmul(view: EditableGraph) -> int:
         view.replace(node, nodes)
         changed += 1
     if changed:
-        view.remove([])  # the axes constants
+        view.remove_unread()  # the axes constants
     return changed
 
 

@@ -22,7 +22,8 @@ import numpy as np
 import onnx
 
 from attn_deploy.config import Fp16Config
-from attn_deploy.precision.graph import Dim, GraphView
+from attn_deploy.export.ort_passes import is_stretched
+from attn_deploy.precision.graph import GraphView
 
 REDUCE_OPS = ("ReduceMean", "ReduceSum")
 POOL_REDUCTIONS = ("ReduceMean", "GlobalAveragePool")
@@ -192,7 +193,7 @@ def outer_product_gates(view: GraphView, gate_op_types: tuple[str, ...]) -> list
         if node.op_type != "Mul" or len(node.input) != 2:
             continue
         a, b = (view.shape(t) for t in node.input)
-        if a is None or b is None or len(a) != len(b) or not (_broadcasts(a, b) and _broadcasts(b, a)):
+        if a is None or b is None or len(a) != len(b) or not (is_stretched(a, b) and is_stretched(b, a)):
             continue
         sources = [_gate_source(view, t, gate_op_types) for t in node.input]
         if all(sources):
@@ -200,11 +201,6 @@ def outer_product_gates(view: GraphView, gate_op_types: tuple[str, ...]) -> list
             for chain in sources:
                 names.update(chain or [])
     return sorted(names)
-
-
-def _broadcasts(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> bool:
-    """True when ``a`` has a 1 on some axis where ``b`` is not provably 1 (``a`` is stretched along it)."""
-    return any(x == 1 and y != 1 for x, y in zip(a, b, strict=True))
 
 
 def _gate_source(view: GraphView, tensor: str, gate_op_types: tuple[str, ...]) -> list[str] | None:
