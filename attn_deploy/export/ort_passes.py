@@ -179,9 +179,9 @@ class EditableGraph:
         while True:
             read = {name for n in self.graph.node for name in n.input} | self.outputs
             unread = [n for n in self.graph.node if not any(out in read for out in n.output)]
+            self.remove(unread)  # drops the initializers nothing reads even when no node goes
             if not unread:
                 return
-            self.remove(unread)
 
 
 SMALL_CONSTANT = 64
