@@ -114,6 +114,7 @@ class Int8Config:
     keep_gates_fp: bool = False  # attention gates (sigmoid/softmax and their scaling Mul) left unquantized
     gate_op_types: tuple[str, ...] = ("Sigmoid", "HardSigmoid", "Softmax")
     outer_gates_fp: bool = False  # products of two directional gates (CoordAtt, EMA) left unquantized
+    pack_narrow_convs: int = 0  # convolutions narrower than this run packed over the batch (0: off)
     exclude_op_types: tuple[str, ...] = ()  # further op types never quantized
     op_types: tuple[str, ...] = ()  # op types that get Q/DQ (empty: every type ONNX Runtime can quantize)
     fallback_cosine: float | None = None  # keep leading layers in float until INT8 vs FP32 cosine >= this
@@ -132,6 +133,13 @@ class Int8Config:
             "sensitive_float",
             self.sensitive_float,
             "an integer 0..1000",
+        )
+        ok = isinstance(self.pack_narrow_convs, int) and not isinstance(self.pack_narrow_convs, bool)
+        _check(
+            ok and 0 <= self.pack_narrow_convs <= 256,
+            "pack_narrow_convs",
+            self.pack_narrow_convs,
+            "an integer 0..256 (0: off)",
         )
 
 

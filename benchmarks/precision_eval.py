@@ -154,13 +154,27 @@ def run_fp16(models: list[str], images: int, merge: bool = False) -> None:
 # ort-int8 default) or int8 symmetric (the only one TensorRT takes, the trt-int8 default). Placement: ONNX
 # Runtime's default op set (every op it can quantize, so CPU kernels run in INT8) with the attention gates
 # quantized or kept in float (or quantized but for products of two gates, CoordAtt's and EMA's
-# sigmoid(h) * sigmoid(w)); and Q/DQ only on the inputs of weighted ops plus leading layers in float until
+# sigmoid(h) * sigmoid(w)), with convolutions narrower than 16 (or 32) channels packed over their batch or not;
+# and Q/DQ only on the inputs of weighted ops plus leading layers in float until
 # cosine >= 0.9985 on calibration images.
 UINT8 = {"activations": "uint8", "symmetric": False}
 PLACEMENTS: dict[str, dict[str, Any]] = {
     "uint8 asym., gates float": {**UINT8, "keep_gates_fp": True},
     "uint8 asym., gates int8": {**UINT8},  # ort-int8 until 2026-12-02
-    "uint8 asym., gates int8, gate products float (ort-int8)": {**UINT8, "outer_gates_fp": True},
+    "uint8 asym., gates int8, gate products float": {
+        **UINT8,
+        "outer_gates_fp": True,
+    },  # until 2026-12-02 12:00
+    "uint8 asym., gates int8, gate products float, narrow convs packed (ort-int8)": {
+        **UINT8,
+        "outer_gates_fp": True,
+        "pack_narrow_convs": 16,
+    },
+    "uint8 asym., gates int8, gate products float, narrow convs packed to 32": {
+        **UINT8,
+        "outer_gates_fp": True,
+        "pack_narrow_convs": 32,
+    },
     "int8 sym., gates float (trt-int8)": {"keep_gates_fp": True},
     "int8 sym., gates int8": {},
     "uint8 asym., weighted ops + fallback": {
@@ -320,6 +334,10 @@ INT8_NOTES = """Reading the numbers:
 - Gate products: CoordAtt's and EMA's ``sigmoid(h) * sigmoid(w)`` (shapes N,C,H,1 and N,C,1,W) as an INT8
   multiply runs as a broadcasting ``QLinearMul`` that requantizes row by row; ``ort-int8`` keeps those products
   and their two sigmoids in float (``int8.outer_gates_fp: true``) and every other gate in INT8.
+- Narrow convolutions: EMA's per-group convolutions (8 channels on a batch of 32 groups on resnet50's first
+  stage) run as block-diagonal convolutions over k images of their batch, 16 channels or more wide
+  (``int8.pack_narrow_convs: 16``, ``precision/conv_packing.py``): the same integer products, in a
+  ``QLinearConv`` that runs several times faster wide.
 - "layers in float": leading Conv/Gemm layers kept unquantized by ``int8.fallback_cosine`` (0.9985, checked on
   the calibration images).
 - p50 ms: ONNX Runtime CPU, one image, physical-core threads, 20 interleaved runs; FP32 in brackets. Since

@@ -61,6 +61,7 @@ from attn_deploy.precision.calibration import (
     store_cache_entry,
     usable_cache_entry,
 )
+from attn_deploy.precision.conv_packing import pack_narrow_convs
 from attn_deploy.precision.graph import GraphView, ensure_node_names
 from attn_deploy.precision.policy import attention_gate_nodes, outer_product_gates, output_tail
 from attn_deploy.precision.sensitivity import WEIGHTED_OPS, OutputError, sensitivity_fallback
@@ -94,6 +95,7 @@ class Int8Report:
     )  # most sensitive layers kept float (sensitive_float)
     channel_error: dict[str, float] = field(default_factory=dict)  # before/after the sensitivity search
     qdq_nodes: int = 0
+    packed_convs: int = 0  # narrow convolutions packed over the batch (pack_narrow_convs)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,6 +143,7 @@ def quantize_int8(
     work = onnx.ModelProto()
     work.CopyFrom(model)
     ensure_node_names(work)
+    packed = pack_narrow_convs(work, config.pack_narrow_convs)
     exclude = excluded_nodes(work, config)
     method = config.calibration
     try:
@@ -185,6 +188,7 @@ def quantize_int8(
         sensitive_nodes=sensitive,
         channel_error=errors,
         qdq_nodes=qdq,
+        packed_convs=packed,
         seconds=round(time.perf_counter() - start, 3),
     )
     return quantized, report
