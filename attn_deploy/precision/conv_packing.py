@@ -39,8 +39,6 @@ from onnx import helper
 
 from attn_deploy.export.ort_passes import FLOAT_TYPES, EditableGraph
 
-PASS_NAME = "narrow_conv->block_diagonal"
-
 
 def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
     for attr in node.attribute:
@@ -92,13 +90,13 @@ def _batch_multiple(view: EditableGraph, x: str) -> int | None:
         return None
     for name in node.input:
         value = view.constant(name)
-        if (
-            value is not None
-            and value.size == 1
-            and value.dtype.kind in "iu"
-            and int(value.reshape(-1)[0]) > 0
-        ):
-            return int(value.reshape(-1)[0])
+        factor = (
+            int(value.reshape(-1)[0])
+            if value is not None and value.size == 1 and value.dtype.kind in "iu"
+            else 0
+        )
+        if factor > 0:
+            return factor
     return None
 
 
