@@ -127,20 +127,8 @@ class Int8Config:
         _check(0 < self.percentile <= 100, "percentile", self.percentile, "a number in (0, 100]")
         ok = self.fallback_cosine is None or 0 < self.fallback_cosine <= 1
         _check(ok, "fallback_cosine", self.fallback_cosine, "a number in (0, 1] or null")
-        ok = isinstance(self.sensitive_float, int) and not isinstance(self.sensitive_float, bool)
-        _check(
-            ok and 0 <= self.sensitive_float <= 1000,
-            "sensitive_float",
-            self.sensitive_float,
-            "an integer 0..1000",
-        )
-        ok = isinstance(self.pack_narrow_convs, int) and not isinstance(self.pack_narrow_convs, bool)
-        _check(
-            ok and 0 <= self.pack_narrow_convs <= 256,
-            "pack_narrow_convs",
-            self.pack_narrow_convs,
-            "an integer 0..256 (0: off)",
-        )
+        _check_int_in("sensitive_float", self.sensitive_float, 1000)
+        _check_int_in("pack_narrow_convs", self.pack_narrow_convs, 256, " (0: off)")
 
 
 @dataclass(frozen=True)
@@ -242,6 +230,12 @@ def _plain(obj: Any) -> Any:
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {value!r} is not allowed; use {allowed}")
+
+
+def _check_int_in(key: str, value: Any, high: int, note: str = "") -> None:
+    """An integer 0..``high`` (not a bool, which Python counts as one), else a one-line ``ConfigError``."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= high
+    _check(ok, key, value, f"an integer 0..{high}{note}")
 
 
 def check_opset(opset: int, key: str = "opset") -> int:
