@@ -325,6 +325,32 @@ def test_the_most_sensitive_layers_stay_float(tiny, calib, tmp_path):
     assert errors["channel_error_after"] <= errors["channel_error_before"]
 
 
+def test_calibration_feeds_a_static_batch_whole(calib):
+    batched = calib.for_batch(3)  # 8 images: the first one repeats to fill the third batch
+    assert [len(b) for b in batched.batches()] == [3, 3, 3]
+    np.testing.assert_array_equal(batched.images[8], calib.images[0])
+    assert batched.data_hash != calib.data_hash and calib.for_batch(1) is calib
+
+
+def test_a_model_exported_at_batch_3_quantizes_and_matches(calib, tmp_path):
+    # a user's `export --batch 3 --precision int8` raised ONNX Runtime's "Got: 1 Expected: 3" from calibration
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    path = tmp_path / "tiny3.onnx"
+    x = torch.from_numpy(SPEC(synthetic_images(3, SIZE, seed=5)))
+    torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["images"])
+    config = Int8Config(sensitive_float=1, fallback_cosine=0.9)  # both searches run the graph on batches too
+    quantized, report = quantize_int8(onnx.load(str(path)), calib, config, cache_dir=tmp_path)
+    assert report.calibration["num_images"] == 9 and len(report.sensitive_nodes) == 1
+    images = SPEC(synthetic_images(3, SIZE, seed=1000))
+    session = ort.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"])
+    parity = compare_outputs(
+        [model(torch.from_numpy(images)).detach().numpy()], session.run(None, {"images": images})
+    )
+    # same margin as test_qdq_is_what_tensorrt_expects_and_stays_close: 7-bit weights, exact on every x86 CPU
+    assert parity.cosine > 0.98, parity
+
+
 def test_a_pool_the_int8_kernel_refuses_stays_float(calib, tmp_path):
     """EMA pools a GroupNorm output: its channel means are the norm's bias, 0 +- 1e-8, so the pooled tensor
     calibrates to a scale of ~1e-9 and ONNX Runtime's fused QLinearGlobalAveragePool refused the first inference

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class CalibrationSet:
     input_name: str
     images: np.ndarray  # float32 (N, 3, H, W)
     source: str  # "synthetic(seed=0)" or the directory
+    batch: int = 1  # images per inference: the model's static batch size (N is a multiple of it)
 
     @property
     def data_hash(self) -> str:
@@ -55,9 +56,23 @@ class CalibrationSet:
         digest.update(np.ascontiguousarray(self.images).tobytes())
         return digest.hexdigest()
 
+    def for_batch(self, batch: int) -> CalibrationSet:
+        """This set for a model exported at a static batch size: ``batch`` images per inference, the first images
+        repeated to fill the last batch (``--batch 3`` with 32 images calibrates on 33). ONNX Runtime holds the
+        activations of a whole calibration step in memory, at least one batch: for a large batch, calibrate a
+        dynamic-batch export instead."""
+        if batch <= 1 or (batch == self.batch and len(self.images) % batch == 0):
+            return self
+        count = -(-len(self.images) // batch) * batch
+        return replace(self, images=self.images[np.arange(count) % len(self.images)], batch=batch)
+
+    def batches(self) -> list[np.ndarray]:
+        """The images in inference batches of ``batch``."""
+        return [self.images[i : i + self.batch] for i in range(0, len(self.images), self.batch)]
+
     def reader(self) -> ArrayDataReader:
-        """A fresh ONNX Runtime data reader over the images, one image per batch."""
-        return ArrayDataReader(self.input_name, self.images)
+        """A fresh ONNX Runtime data reader over the images, ``batch`` images per inference."""
+        return ArrayDataReader(self.input_name, self.batches())
 
     def describe(self) -> dict[str, Any]:
         """Manifest entry: where the images came from, how many, their hash."""
@@ -83,20 +98,20 @@ def calibration_set(
 
 
 class ArrayDataReader(CalibrationDataReader):
-    """ONNX Runtime calibration reader yielding ``{input_name: images[i:i+1]}`` in order."""
+    """ONNX Runtime calibration reader yielding ``{input_name: batches[i]}`` in order."""
 
-    def __init__(self, input_name: str, images: np.ndarray) -> None:
+    def __init__(self, input_name: str, batches: list[np.ndarray]) -> None:
         self.input_name = input_name
-        self.images = images
-        self._range = (0, len(images))
+        self.images = batches
+        self._range = (0, len(batches))
         self._iter: Iterator[dict[str, np.ndarray]] = self._batches()
 
     def _batches(self) -> Iterator[dict[str, np.ndarray]]:
         for i in range(*self._range):
-            yield {self.input_name: self.images[i : i + 1]}
+            yield {self.input_name: self.images[i]}
 
     def set_range(self, start_index: int, end_index: int) -> None:
-        """Restrict the reader to images ``[start_index, end_index)`` (ONNX Runtime's strided calibration)."""
+        """Restrict the reader to batches ``[start_index, end_index)`` (ONNX Runtime's strided calibration)."""
         self._range = (start_index, min(end_index, len(self.images)))
         self._iter = self._batches()
 

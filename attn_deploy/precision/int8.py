@@ -53,6 +53,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 
 from attn_deploy.config import Int8Config
 from attn_deploy.errors import ExportError, exception_summary
+from attn_deploy.export.stats import value_signature
 from attn_deploy.parity import compare_outputs
 from attn_deploy.precision.calibration import (
     CalibrationSet,
@@ -143,6 +144,7 @@ def quantize_int8(
     work = onnx.ModelProto()
     work.CopyFrom(model)
     ensure_node_names(work)
+    calib = calib.for_batch(_static_batch(work, calib.input_name))
     packed = pack_narrow_convs(work, config.pack_narrow_convs)
     exclude = excluded_nodes(work, config)
     method = config.calibration
@@ -260,8 +262,15 @@ def readers_of(model: onnx.ModelProto, names: list[str]) -> set[str]:
     return found
 
 
+def _static_batch(model: onnx.ModelProto, input_name: str) -> int:
+    """The batch size ``input_name`` was exported at; 1 when it is dynamic (or the input is not found)."""
+    shapes = [value_signature(v)["shape"] for v in model.graph.input if v.name == input_name]
+    batch = shapes[0][0] if shapes and shapes[0] else 1
+    return batch if isinstance(batch, int) and batch > 1 else 1
+
+
 def calibration_stride(count: int, most: int = CALIBRATION_STRIDE) -> int:
-    """The largest divisor of ``count`` up to ``most``: images per calibration step (steps must be equal)."""
+    """The largest divisor of ``count`` up to ``most``: batches per calibration step (steps must be equal)."""
     return max(d for d in range(1, min(count, most) + 1) if count % d == 0)
 
 
@@ -337,7 +346,7 @@ def _quantize_static(
         "CalibPercentile": config.percentile,
         # ONNX Runtime keeps every activation of every image in memory until it bins them (11 GB for
         # resnet50-ema on 32 images); calibrating a few images at a time bounds that.
-        "CalibStridedMinMax": calibration_stride(len(calib.images)),
+        "CalibStridedMinMax": calibration_stride(len(calib.batches())),
     }
     with tempfile.TemporaryDirectory(prefix="attn-deploy-int8-") as tmp, _quiet_ort_quantization():
         source, out = Path(tmp) / "model.fp32.onnx", Path(tmp) / "model.int8.onnx"

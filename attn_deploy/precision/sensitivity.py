@@ -31,9 +31,9 @@ CHECK_IMAGES = 8
 """Calibration images each candidate graph runs (the fallbacks' check set)."""
 
 
-def run_images(runner: Runner, input_name: str, images: np.ndarray) -> list[np.ndarray]:
-    """Outputs of ``runner`` over ``images`` one at a time, concatenated per output."""
-    batches = [runner.infer({input_name: images[i : i + 1]}) for i in range(len(images))]
+def run_images(runner: Runner, input_name: str, images: np.ndarray, batch: int = 1) -> list[np.ndarray]:
+    """Outputs of ``runner`` over ``images``, ``batch`` at a time (a multiple of it), concatenated per output."""
+    batches = [runner.infer({input_name: images[i : i + batch]}) for i in range(0, len(images), batch)]
     return [np.concatenate([b[name] for b in batches]) for name in batches[0]]
 
 
@@ -77,12 +77,13 @@ class OutputError:
 
     def __init__(self, model: onnx.ModelProto, calib: CalibrationSet):
         self.input_name = calib.input_name
-        self.images = calib.images[: min(len(calib.images), CHECK_IMAGES)]
+        self.batch = calib.batch
+        self.images = calib.images[: min(len(calib.images), -(-CHECK_IMAGES // calib.batch) * calib.batch)]
         self.reference = self.outputs(model)
 
     def outputs(self, graph: onnx.ModelProto) -> list[np.ndarray]:
         """``graph``'s outputs on the check images (ONNX Runtime CPU)."""
-        return run_images(OrtRunner(graph.SerializeToString()), self.input_name, self.images)
+        return run_images(OrtRunner(graph.SerializeToString()), self.input_name, self.images, self.batch)
 
     def __call__(self, graph: onnx.ModelProto) -> float:
         return channel_error(self.reference, self.outputs(graph))
