@@ -165,10 +165,16 @@ PLACEMENTS: dict[str, dict[str, Any]] = {
         **UINT8,
         "outer_gates_fp": True,
     },  # until 2026-12-02 12:00
-    "uint8 asym., gates int8, gate products float, narrow convs packed (ort-int8)": {
+    "uint8 asym., gates int8, gate products float, narrow convs packed": {
         **UINT8,
         "outer_gates_fp": True,
         "pack_narrow_convs": 16,
+    },  # until 2026-12-02 13:00
+    "uint8 asym., gates int8, gate products float, narrow convs packed, windowed max pools (ort-int8)": {
+        **UINT8,
+        "outer_gates_fp": True,
+        "pack_narrow_convs": 16,
+        "windowed_max_pool": True,
     },
     "uint8 asym., gates int8, gate products float, narrow convs packed to 32": {
         **UINT8,
@@ -338,6 +344,9 @@ INT8_NOTES = """Reading the numbers:
   stage) run as block-diagonal convolutions over k images of their batch, 16 channels or more wide
   (``int8.pack_narrow_convs: 16``, ``precision/conv_packing.py``): the same integer products, in a
   ``QLinearConv`` that runs several times faster wide.
+- Windowed max pools: ``GlobalMaxPool`` (CBAM's channel attention) as ``MaxPool`` with a window of the whole
+  static map (``int8.windowed_max_pool: true``, ``precision/windowed_max.py``): the same max, run on uint8
+  instead of behind a dequantize of the feature map.
 - "layers in float": leading Conv/Gemm layers kept unquantized by ``int8.fallback_cosine`` (0.9985, checked on
   the calibration images).
 - p50 ms: ONNX Runtime CPU, one image, physical-core threads, 20 interleaved runs; FP32 in brackets. Since

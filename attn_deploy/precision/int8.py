@@ -66,6 +66,7 @@ from attn_deploy.precision.conv_packing import pack_narrow_convs
 from attn_deploy.precision.graph import GraphView, ensure_node_names
 from attn_deploy.precision.policy import attention_gate_nodes, outer_product_gates, output_tail
 from attn_deploy.precision.sensitivity import WEIGHTED_OPS, OutputError, sensitivity_fallback
+from attn_deploy.precision.windowed_max import window_global_max_pools
 
 CALIBRATION_STRIDE = 4
 ACTIVATION_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
@@ -97,6 +98,7 @@ class Int8Report:
     channel_error: dict[str, float] = field(default_factory=dict)  # before/after the sensitivity search
     qdq_nodes: int = 0
     packed_convs: int = 0  # narrow convolutions packed over the batch (pack_narrow_convs)
+    windowed_max_pools: int = 0  # GlobalMaxPools run as MaxPool over their whole map (windowed_max_pool)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +148,7 @@ def quantize_int8(
     ensure_node_names(work)
     calib = calib.for_batch(_static_batch(work, calib.input_name))
     packed = pack_narrow_convs(work, config.pack_narrow_convs)
+    windowed = window_global_max_pools(work) if config.windowed_max_pool else 0
     exclude = excluded_nodes(work, config)
     method = config.calibration
     try:
@@ -191,6 +194,7 @@ def quantize_int8(
         channel_error=errors,
         qdq_nodes=qdq,
         packed_convs=packed,
+        windowed_max_pools=windowed,
         seconds=round(time.perf_counter() - start, 3),
     )
     return quantized, report
