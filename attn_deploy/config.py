@@ -115,9 +115,8 @@ class Int8Config:
     gate_op_types: tuple[str, ...] = ("Sigmoid", "HardSigmoid", "Softmax")
     outer_gates_fp: bool = False  # products of two directional gates (CoordAtt, EMA) left unquantized
     pack_narrow_convs: int = 0  # convolutions narrower than this run packed over the batch (0: off)
-    windowed_max_pool: bool = (
-        False  # GlobalMaxPool over a static H x W as MaxPool with that window (uint8 in ORT)
-    )
+    windowed_max_pool: bool = False  # GlobalMaxPool over a static H x W as a MaxPool window (uint8 in ORT)
+    channel_mean_conv: bool = False  # mean over channels (CBAM) as a 1x1 Conv of weights 1/C (uint8 in ORT)
     exclude_op_types: tuple[str, ...] = ()  # further op types never quantized
     op_types: tuple[str, ...] = ()  # op types that get Q/DQ (empty: every type ONNX Runtime can quantize)
     fallback_cosine: float | None = None  # keep leading layers in float until INT8 vs FP32 cosine >= this

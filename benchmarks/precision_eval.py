@@ -37,6 +37,7 @@ from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.display import console
 from attn_deploy.errors import ConfigError
+from attn_deploy.export.ort_passes import channel_matmul_to_mean
 from attn_deploy.fsutil import check_name, write_json, write_text
 from attn_deploy.markdown import markdown_table
 from attn_deploy.parity import compare_outputs
@@ -53,12 +54,15 @@ EVAL_SEED = 1000
 
 
 def _export(name: str, folder: Path) -> tuple[Any, PreprocessSpec, onnx.ModelProto]:
-    """Zoo model ``name`` exported (verified) at its default size, with its preprocessing."""
+    """Zoo model ``name`` exported (verified) at its default size, with its preprocessing; the graph every
+    precision starts from, as in the precision stage of an export (the FP32-only channel-mean MatMul undone)."""
     model = create_model(name)
     spec = model.spec
     preprocess = PreprocessSpec(spec.preprocess, spec.input_size, spec.mean, spec.std)
     sample = spec.normalize(synthetic_images(1, spec.input_size, seed=1234))
-    return model, preprocess, export_graph(model, sample, folder)
+    proto = export_graph(model, sample, folder)
+    channel_matmul_to_mean(proto)
+    return model, preprocess, proto
 
 
 def export_graph(model: Any, sample: Any, folder: Path) -> onnx.ModelProto:
@@ -170,11 +174,21 @@ PLACEMENTS: dict[str, dict[str, Any]] = {
         "outer_gates_fp": True,
         "pack_narrow_convs": 16,
     },  # until 2026-12-02 13:00
-    "uint8 asym., gates int8, gate products float, narrow convs packed, windowed max pools (ort-int8)": {
+    "uint8 asym., gates int8, gate products float, narrow convs packed, windowed max pools": {
         **UINT8,
         "outer_gates_fp": True,
         "pack_narrow_convs": 16,
         "windowed_max_pool": True,
+    },
+    (
+        "uint8 asym., gates int8, gate products float, narrow convs packed, windowed max pools, "
+        "channel means as conv (ort-int8)"
+    ): {
+        **UINT8,
+        "outer_gates_fp": True,
+        "pack_narrow_convs": 16,
+        "windowed_max_pool": True,
+        "channel_mean_conv": True,
     },
     "uint8 asym., gates int8, gate products float, narrow convs packed to 32": {
         **UINT8,
@@ -345,8 +359,14 @@ INT8_NOTES = """Reading the numbers:
   (``int8.pack_narrow_convs: 16``, ``precision/conv_packing.py``): the same integer products, in a
   ``QLinearConv`` that runs several times faster wide.
 - Windowed max pools: ``GlobalMaxPool`` (CBAM's channel attention) as ``MaxPool`` with a window of the whole
-  static map (``int8.windowed_max_pool: true``, ``precision/windowed_max.py``): the same max, run on uint8
+  static map (``int8.windowed_max_pool: true``, ``precision/int8_forms.py``): the same max, run on uint8
   instead of behind a dequantize of the feature map.
+- Channel means as conv: CBAM's ``mean(x, dim=1)`` as a 1x1 convolution of weights 1/C
+  (``int8.channel_mean_conv: true``), quantized like the other convolutions instead of a float ``ReduceMean``
+  behind a dequantize of the feature map.
+- Every graph here starts from the export with the FP32-only channel-mean ``MatMul`` turned back into
+  ``ReduceMean``, as the precision stage of ``attn-deploy export`` does (since 2026-12-02 13:00; earlier results
+  quantized the ``MatMul``).
 - "layers in float": leading Conv/Gemm layers kept unquantized by ``int8.fallback_cosine`` (0.9985, checked on
   the calibration images).
 - p50 ms: ONNX Runtime CPU, one image, physical-core threads, 20 interleaved runs; FP32 in brackets. Since

@@ -551,7 +551,7 @@ def gate_chain_to_gate_product(view: EditableGraph) -> int:
 
 
 # -- mean over channels -> matmul ---------------------------------------------------------------------
-def _channel_mean_input(view: EditableGraph, node: onnx.NodeProto) -> int | None:
+def channel_mean_width(view: EditableGraph, node: onnx.NodeProto) -> int | None:
     """The channel count C when ``node`` is a keepdims ReduceMean over axis 1 of a 4-D float tensor of known C."""
     if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx") or _attr(node, "keepdims", 1) != 1:
         return None
@@ -569,7 +569,7 @@ def channel_mean_to_matmul(view: EditableGraph) -> int:
     changed = 0
     make = onnx.helper.make_node
     for node in list(view.graph.node):
-        channels = _channel_mean_input(view, node)
+        channels = channel_mean_width(view, node)
         if channels is None:
             continue
         x, out = node.input[0], node.output[0]

@@ -64,9 +64,9 @@ from attn_deploy.precision.calibration import (
 )
 from attn_deploy.precision.conv_packing import pack_narrow_convs
 from attn_deploy.precision.graph import GraphView, ensure_node_names
+from attn_deploy.precision.int8_forms import channel_means_to_conv, window_global_max_pools
 from attn_deploy.precision.policy import attention_gate_nodes, outer_product_gates, output_tail
 from attn_deploy.precision.sensitivity import WEIGHTED_OPS, OutputError, sensitivity_fallback
-from attn_deploy.precision.windowed_max import window_global_max_pools
 
 CALIBRATION_STRIDE = 4
 ACTIVATION_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
@@ -97,8 +97,7 @@ class Int8Report:
     )  # most sensitive layers kept float (sensitive_float)
     channel_error: dict[str, float] = field(default_factory=dict)  # before/after the sensitivity search
     qdq_nodes: int = 0
-    packed_convs: int = 0  # narrow convolutions packed over the batch (pack_narrow_convs)
-    windowed_max_pools: int = 0  # GlobalMaxPools run as MaxPool over their whole map (windowed_max_pool)
+    graph_forms: dict[str, int] = field(default_factory=dict)  # sites per INT8 graph form (int8_graph_forms)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,8 +146,7 @@ def quantize_int8(
     work.CopyFrom(model)
     ensure_node_names(work)
     calib = calib.for_batch(_static_batch(work, calib.input_name))
-    packed = pack_narrow_convs(work, config.pack_narrow_convs)
-    windowed = window_global_max_pools(work) if config.windowed_max_pool else 0
+    forms = int8_graph_forms(work, config)
     exclude = excluded_nodes(work, config)
     method = config.calibration
     try:
@@ -193,8 +191,7 @@ def quantize_int8(
         sensitive_nodes=sensitive,
         channel_error=errors,
         qdq_nodes=qdq,
-        packed_convs=packed,
-        windowed_max_pools=windowed,
+        graph_forms=forms,
         seconds=round(time.perf_counter() - start, 3),
     )
     return quantized, report
@@ -264,6 +261,18 @@ def readers_of(model: onnx.ModelProto, names: list[str]) -> set[str]:
                 if reader.op_type in SHAPE_ONLY_OPS:
                     frontier.extend(reader.output)
     return found
+
+
+def int8_graph_forms(model: onnx.ModelProto, config: Int8Config) -> dict[str, int]:
+    """Rewrite ``model`` in place into the exact forms the config asks for, which ONNX Runtime's INT8 kernels run
+    faster (:mod:`~attn_deploy.precision.conv_packing`, :mod:`~attn_deploy.precision.int8_forms`); the sites
+    changed per form, 0s left out."""
+    counts = {
+        "narrow_conv->block_diagonal": pack_narrow_convs(model, config.pack_narrow_convs),
+        "global_max_pool->window": window_global_max_pools(model) if config.windowed_max_pool else 0,
+        "channel_mean->conv1x1": channel_means_to_conv(model) if config.channel_mean_conv else 0,
+    }
+    return {form: count for form, count in counts.items() if count}
 
 
 def _static_batch(model: onnx.ModelProto, input_name: str) -> int:
