@@ -102,29 +102,29 @@ class ArrayDataReader(CalibrationDataReader):
 
     def __init__(self, input_name: str, batches: list[np.ndarray]) -> None:
         self.input_name = input_name
-        self.images = batches
+        self.batches = batches
         self._range = (0, len(batches))
-        self._iter: Iterator[dict[str, np.ndarray]] = self._batches()
+        self._iter: Iterator[dict[str, np.ndarray]] = self._feeds()
 
-    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+    def _feeds(self) -> Iterator[dict[str, np.ndarray]]:
         for i in range(*self._range):
-            yield {self.input_name: self.images[i]}
+            yield {self.input_name: self.batches[i]}
 
     def set_range(self, start_index: int, end_index: int) -> None:
         """Restrict the reader to batches ``[start_index, end_index)`` (ONNX Runtime's strided calibration)."""
-        self._range = (start_index, min(end_index, len(self.images)))
-        self._iter = self._batches()
+        self._range = (start_index, min(end_index, len(self.batches)))
+        self._iter = self._feeds()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         """The next batch, or ``None`` when the set is exhausted (ONNX Runtime's protocol)."""
         return next(self._iter, None)
 
     def rewind(self) -> None:
-        """Start over from the first image of the range."""
-        self._iter = self._batches()
+        """Start over from the first batch of the range."""
+        self._iter = self._feeds()
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.batches)
 
 
 def calibration_key(model_bytes: bytes, data_hash: str, config: Int8Config) -> str:
