@@ -24,11 +24,11 @@ from attn_deploy.config import Int8Config, load_config
 from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.errors import ConfigError
+from attn_deploy.export.ort_passes import apply_graph_passes
 from attn_deploy.export.pipeline import export_onnx
 from attn_deploy.parity import compare_outputs
 from attn_deploy.precision.calibration import calibration_set
-from attn_deploy.precision.conv_packing import pack_narrow_convs
-from attn_deploy.precision.int8 import quantize_int8
+from attn_deploy.precision.int8 import int8_form_passes, quantize_int8
 
 
 def _conv_graph(
@@ -52,6 +52,12 @@ def _conv_graph(
         initializer=inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _packed(model: onnx.ModelProto, min_channels: int = 16) -> int:
+    """Convolutions packed by the INT8 forms of a config with ``pack_narrow_convs: min_channels``."""
+    passes = int8_form_passes(Int8Config(pack_narrow_convs=min_channels))
+    return apply_graph_passes(model, passes).get("narrow_conv->block_diagonal", 0)
 
 
 def _assert_same_sums(actual: np.ndarray, expected: np.ndarray) -> None:
@@ -85,7 +91,7 @@ def test_a_narrow_convolution_runs_packed_with_the_same_values(
     model = _conv_graph(batch, c_in, c_out, **attrs)
     x = np.random.default_rng(1).standard_normal((batch, c_in, 9, 11)).astype(np.float32)
     before = _run(model, x)
-    assert pack_narrow_convs(model, 16) == 1
+    assert _packed(model) == 1
     assert [n.op_type for n in model.graph.node] == ["Reshape", "Conv", "Reshape", "Relu"]
     conv = model.graph.node[1]
     assert conv.name == "conv"  # name-based INT8 settings still find it
@@ -99,7 +105,7 @@ def test_packing_keeps_dynamic_height_and_width() -> None:
     model = _conv_graph(4, 8, 8, hw=("H", "W"), pads=[1, 1, 1, 1])
     reference = onnx.ModelProto()
     reference.CopyFrom(model)
-    assert pack_narrow_convs(model, 16) == 1
+    assert _packed(model) == 1
     for h, w in ((5, 7), (16, 3)):
         x = np.random.default_rng(h).standard_normal((4, 8, h, w)).astype(np.float32)
         _assert_same_sums(_run(model, x), _run(reference, x))
@@ -131,7 +137,7 @@ def test_a_dynamic_batch_packs_when_it_is_a_multiple_of_the_groups() -> None:
     model = _grouped_conv_graph(groups=4)  # batch 4B: packs 2 images (16 channels) at any B
     reference = onnx.ModelProto()
     reference.CopyFrom(model)
-    assert pack_narrow_convs(model, 16) == 1
+    assert _packed(model) == 1
     for b, h, w in ((1, 6, 7), (3, 5, 9)):
         t = np.random.default_rng(b).standard_normal((b, 32, h, w)).astype(np.float32)
         session = {
@@ -141,7 +147,7 @@ def test_a_dynamic_batch_packs_when_it_is_a_multiple_of_the_groups() -> None:
         out = {name: s.run(None, {"t": t})[0] for name, s in session.items()}
         _assert_same_sums(out["packed"], out["reference"])
     # 3 groups: the batch 3B may be odd, so two images cannot be packed
-    assert pack_narrow_convs(_grouped_conv_graph(groups=3), 16) == 0
+    assert _packed(_grouped_conv_graph(groups=3)) == 0
 
 
 @pytest.mark.parametrize(
@@ -158,7 +164,7 @@ def test_a_dynamic_batch_packs_when_it_is_a_multiple_of_the_groups() -> None:
 )
 def test_packing_leaves_what_it_cannot_prove_alone(batch, c_in, c_out, attrs, min_channels) -> None:
     model = _conv_graph(batch, c_in, c_out, **attrs)
-    assert pack_narrow_convs(model, min_channels) == 0
+    assert _packed(model, min_channels) == 0
     assert [n.op_type for n in model.graph.node] == ["Conv", "Relu"]
 
 
@@ -167,7 +173,7 @@ def test_a_weight_computed_at_run_time_is_not_packed() -> None:
     weight = model.graph.initializer[0]
     model.graph.input.append(helper.make_tensor_value_info(weight.name, TensorProto.FLOAT, list(weight.dims)))
     model.graph.initializer.remove(weight)
-    assert pack_narrow_convs(model, 16) == 0
+    assert _packed(model) == 0
 
 
 SIZE = (40, 48)

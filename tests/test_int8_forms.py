@@ -19,12 +19,18 @@ from attn_deploy.attention.cbam import CBAM
 from attn_deploy.config import Int8Config, load_config
 from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.data.synthetic import synthetic_images
-from attn_deploy.export.ort_passes import channel_matmul_to_mean
+from attn_deploy.export.ort_passes import apply_graph_passes, channel_matmul_to_mean
 from attn_deploy.export.pipeline import export_onnx
 from attn_deploy.parity import compare_outputs
 from attn_deploy.precision.calibration import calibration_set
-from attn_deploy.precision.int8 import quantize_int8
-from attn_deploy.precision.int8_forms import channel_means_to_conv, window_global_max_pools
+from attn_deploy.precision.int8 import int8_form_passes, quantize_int8
+
+
+def _forms(model: onnx.ModelProto) -> dict[str, int]:
+    """The INT8 forms of a config with both pool forms on, applied to ``model``: sites per form."""
+    return apply_graph_passes(
+        model, int8_form_passes(Int8Config(windowed_max_pool=True, channel_mean_conv=True))
+    )
 
 
 def _one_node_graph(node: onnx.NodeProto, dims: list, inits=(), opset: int = 18) -> onnx.ModelProto:
@@ -60,7 +66,7 @@ def test_a_global_max_over_a_static_map_becomes_a_whole_map_window() -> None:
     model = _pool_graph(["N", 4, 5, 7])  # a dynamic batch is fine: the window is H x W
     x = np.random.default_rng(0).standard_normal((3, 4, 5, 7)).astype(np.float32)
     before = _run(model, x)
-    assert window_global_max_pools(model) == 1
+    assert _forms(model) == {"global_max_pool->window": 1}
     (node,) = model.graph.node
     assert node.op_type == "MaxPool" and list(node.attribute[0].ints) == [5, 7]
     np.testing.assert_array_equal(_run(model, x), before)
@@ -69,7 +75,7 @@ def test_a_global_max_over_a_static_map_becomes_a_whole_map_window() -> None:
 @pytest.mark.parametrize("dims", [[1, 4, "H", "W"], [1, 4, 5, "W"], [4, 5, 7]])
 def test_a_map_without_a_static_size_keeps_its_global_pool(dims) -> None:
     model = _pool_graph(dims)
-    assert window_global_max_pools(model) == 0
+    assert _forms(model) == {}
     assert model.graph.node[0].op_type == "GlobalMaxPool"
 
 
@@ -78,7 +84,7 @@ def test_a_channel_mean_becomes_a_1x1_convolution_of_weights_1_over_c(opset) -> 
     model = _mean_graph(["N", 8, "H", "W"], [1], opset=opset)
     x = np.random.default_rng(0).standard_normal((2, 8, 5, 7)).astype(np.float32)
     before = _run(model, x)
-    assert channel_means_to_conv(model) == 1
+    assert _forms(model) == {"channel_mean->conv1x1": 1}
     (node,) = model.graph.node
     (weight,) = [numpy_helper.to_array(i) for i in model.graph.initializer]  # the axes constant is gone
     assert node.op_type == "Conv" and weight.shape == (1, 8, 1, 1) and np.all(weight == np.float32(1 / 8))
@@ -92,7 +98,7 @@ def test_a_channel_mean_becomes_a_1x1_convolution_of_weights_1_over_c(opset) -> 
 )
 def test_a_mean_that_is_not_over_known_channels_stays(dims, axes, keepdims) -> None:
     model = _mean_graph(dims, axes, keepdims)
-    assert channel_means_to_conv(model) == 0
+    assert _forms(model) == {}
     assert model.graph.node[0].op_type == "ReduceMean"
 
 

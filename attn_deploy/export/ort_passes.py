@@ -679,6 +679,8 @@ def apply_graph_passes(model: onnx.ModelProto, passes: tuple[GraphPass, ...] = P
     Stale ``value_info`` is dropped where a pass changed the graph (runtimes infer shapes again on load).
     """
     applied: dict[str, int] = {}
+    if not passes:
+        return applied  # no shape inference for nothing
     view = EditableGraph(model)
     for graph_pass in passes:
         count = graph_pass.apply(view)

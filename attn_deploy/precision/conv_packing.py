@@ -108,8 +108,9 @@ def _block_diagonal(weight: np.ndarray, k: int) -> np.ndarray:
     return packed
 
 
-def pack_narrow_convs(model: onnx.ModelProto, min_channels: int) -> int:
-    """Pack each convolution narrower than ``min_channels`` (input and output) over its batch; in place.
+def pack_narrow_convs(view: EditableGraph, min_channels: int) -> int:
+    """Pack each convolution narrower than ``min_channels`` (input and output) over its batch; a graph pass
+    (:func:`~attn_deploy.export.ort_passes.apply_graph_passes`).
 
     Returns how many convolutions were packed (0 when ``min_channels`` is 0 or nothing qualifies). The
     convolution keeps its node name, so name-based INT8 settings (excluded, fallback and sensitive nodes)
@@ -117,7 +118,6 @@ def pack_narrow_convs(model: onnx.ModelProto, min_channels: int) -> int:
     """
     if min_channels <= 0:
         return 0
-    view = EditableGraph(model)
     changed = 0
     for node in list(view.graph.node):
         k = _packing(view, node, min_channels)
@@ -153,5 +153,4 @@ def pack_narrow_convs(model: onnx.ModelProto, min_channels: int) -> int:
         changed += 1
     if changed:
         view.remove_unread()  # the unpacked weights and biases
-        del model.graph.value_info[:]
     return changed

@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 
 from attn_deploy.config import Int8Config
 from attn_deploy.errors import ExportError, exception_summary
+from attn_deploy.export.ort_passes import GraphPass, apply_graph_passes
 from attn_deploy.export.stats import value_signature
 from attn_deploy.parity import compare_outputs
 from attn_deploy.precision.calibration import (
@@ -97,7 +99,7 @@ class Int8Report:
     )  # most sensitive layers kept float (sensitive_float)
     channel_error: dict[str, float] = field(default_factory=dict)  # before/after the sensitivity search
     qdq_nodes: int = 0
-    graph_forms: dict[str, int] = field(default_factory=dict)  # sites per INT8 graph form (int8_graph_forms)
+    graph_forms: dict[str, int] = field(default_factory=dict)  # sites per INT8 graph form (int8_form_passes)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,7 +148,7 @@ def quantize_int8(
     work.CopyFrom(model)
     ensure_node_names(work)
     calib = calib.for_batch(_static_batch(work, calib.input_name))
-    forms = int8_graph_forms(work, config)
+    forms = apply_graph_passes(work, int8_form_passes(config))
     exclude = excluded_nodes(work, config)
     method = config.calibration
     try:
@@ -263,16 +265,20 @@ def readers_of(model: onnx.ModelProto, names: list[str]) -> set[str]:
     return found
 
 
-def int8_graph_forms(model: onnx.ModelProto, config: Int8Config) -> dict[str, int]:
-    """Rewrite ``model`` in place into the exact forms the config asks for, which ONNX Runtime's INT8 kernels run
-    faster (:mod:`~attn_deploy.precision.conv_packing`, :mod:`~attn_deploy.precision.int8_forms`); the sites
-    changed per form, 0s left out."""
-    counts = {
-        "narrow_conv->block_diagonal": pack_narrow_convs(model, config.pack_narrow_convs),
-        "global_max_pool->window": window_global_max_pools(model) if config.windowed_max_pool else 0,
-        "channel_mean->conv1x1": channel_means_to_conv(model) if config.channel_mean_conv else 0,
-    }
-    return {form: count for form, count in counts.items() if count}
+def int8_form_passes(config: Int8Config) -> tuple[GraphPass, ...]:
+    """The exact graph forms ``config`` asks for, which ONNX Runtime's INT8 kernels run faster
+    (:mod:`~attn_deploy.precision.conv_packing`, :mod:`~attn_deploy.precision.int8_forms`), as graph passes for
+    :func:`~attn_deploy.export.ort_passes.apply_graph_passes` (one shape inference for all of them)."""
+    wanted = [
+        (
+            config.pack_narrow_convs > 0,
+            "narrow_conv->block_diagonal",
+            partial(pack_narrow_convs, min_channels=config.pack_narrow_convs),
+        ),
+        (config.windowed_max_pool, "global_max_pool->window", window_global_max_pools),
+        (config.channel_mean_conv, "channel_mean->conv1x1", channel_means_to_conv),
+    ]
+    return tuple(GraphPass(name, apply) for on, name, apply in wanted if on)
 
 
 def _static_batch(model: onnx.ModelProto, input_name: str) -> int:

@@ -28,16 +28,14 @@ A/B of resnet50-cbam: windowed max pools alone 1.12 (IQR 1.10-1.14), the mean as
 from __future__ import annotations
 
 import numpy as np
-import onnx
 from onnx import helper
 
 from attn_deploy.export.ort_passes import FLOAT_TYPES, EditableGraph, channel_mean_width
 
 
-def window_global_max_pools(model: onnx.ModelProto) -> int:
-    """Turn each 4-D float ``GlobalMaxPool`` with a static H and W into ``MaxPool(kernel_shape=[H, W])``, in
-    place; return how many."""
-    view = EditableGraph(model)
+def window_global_max_pools(view: EditableGraph) -> int:
+    """Turn each 4-D float ``GlobalMaxPool`` with a static H and W into ``MaxPool(kernel_shape=[H, W])``; a graph
+    pass (:func:`~attn_deploy.export.ort_passes.apply_graph_passes`) returning how many."""
     changed = 0
     for node in view.graph.node:
         if node.op_type != "GlobalMaxPool" or node.domain not in ("", "ai.onnx"):
@@ -51,15 +49,13 @@ def window_global_max_pools(model: onnx.ModelProto) -> int:
         node.op_type = "MaxPool"
         node.attribute.append(helper.make_attribute("kernel_shape", [height, width]))
         changed += 1
-    if changed:
-        del model.graph.value_info[:]
     return changed
 
 
-def channel_means_to_conv(model: onnx.ModelProto) -> int:
+def channel_means_to_conv(view: EditableGraph) -> int:
     """Turn each ``ReduceMean(x, axes=[1], keepdims=1)`` of a 4-D float ``x`` with a known channel count C into a
-    1x1 ``Conv`` with weights 1/C, in place; return how many."""
-    view = EditableGraph(model)
+    1x1 ``Conv`` with weights 1/C; a graph pass (:func:`~attn_deploy.export.ort_passes.apply_graph_passes`)
+    returning how many."""
     changed = 0
     for node in view.graph.node:
         channels = channel_mean_width(view, node)
@@ -73,5 +69,4 @@ def channel_means_to_conv(model: onnx.ModelProto) -> int:
         changed += 1
     if changed:
         view.remove_unread()  # the axes constants
-        del model.graph.value_info[:]
     return changed
