@@ -20,6 +20,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from attn_deploy.backends.ort import OrtRunner
 from attn_deploy.backends.torch_runner import TorchRunner
 from attn_deploy.bench.targets import ORT_BENCH_CONFIG
 from attn_deploy.bench.timing import physical_cores, time_interleaved
-from attn_deploy.config import Fp16Config, Int8Config
+from attn_deploy.config import Fp16Config, Int8Config, load_config
 from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.display import console
@@ -162,40 +163,41 @@ def run_fp16(models: list[str], images: int, merge: bool = False) -> None:
 # and Q/DQ only on the inputs of weighted ops plus leading layers in float until
 # cosine >= 0.9985 on calibration images.
 UINT8 = {"activations": "uint8", "symmetric": False}
+GATE_PRODUCTS = {**UINT8, "outer_gates_fp": True}  # ort-int8 from 2026-12-02 10:00
+PACKED = {**GATE_PRODUCTS, "pack_narrow_convs": 16}  # ... from 12:00
+CALIBRATION_KEYS = ("calibration", "num_images", "percentile", "seed", "cache_dir")
+"""Set by the benchmark's options, not by a placement."""
+
+
+def shipped_placement(target: str) -> dict[str, Any]:
+    """The INT8 settings of a shipped target that differ from ``Int8Config``'s defaults, calibration aside: the
+    placement the target ships, read from its config so the two cannot drift apart."""
+    shipped, default = load_config(target).int8, Int8Config()
+    return {
+        f.name: getattr(shipped, f.name)
+        for f in fields(Int8Config)
+        if f.name not in CALIBRATION_KEYS and getattr(shipped, f.name) != getattr(default, f.name)
+    }
+
+
 PLACEMENTS: dict[str, dict[str, Any]] = {
     "uint8 asym., gates float": {**UINT8, "keep_gates_fp": True},
     "uint8 asym., gates int8": {**UINT8},  # ort-int8 until 2026-12-02
-    "uint8 asym., gates int8, gate products float": {
-        **UINT8,
-        "outer_gates_fp": True,
-    },  # until 2026-12-02 12:00
-    "uint8 asym., gates int8, gate products float, narrow convs packed": {
-        **UINT8,
-        "outer_gates_fp": True,
-        "pack_narrow_convs": 16,
-    },  # until 2026-12-02 13:00
+    "uint8 asym., gates int8, gate products float": GATE_PRODUCTS,
+    "uint8 asym., gates int8, gate products float, narrow convs packed": PACKED,
     "uint8 asym., gates int8, gate products float, narrow convs packed, windowed max pools": {
-        **UINT8,
-        "outer_gates_fp": True,
-        "pack_narrow_convs": 16,
+        **PACKED,
         "windowed_max_pool": True,
     },
     (
         "uint8 asym., gates int8, gate products float, narrow convs packed, windowed max pools, "
         "channel means as conv (ort-int8)"
-    ): {
-        **UINT8,
-        "outer_gates_fp": True,
-        "pack_narrow_convs": 16,
-        "windowed_max_pool": True,
-        "channel_mean_conv": True,
-    },
+    ): shipped_placement("ort-int8"),
     "uint8 asym., gates int8, gate products float, narrow convs packed to 32": {
-        **UINT8,
-        "outer_gates_fp": True,
+        **GATE_PRODUCTS,
         "pack_narrow_convs": 32,
     },
-    "int8 sym., gates float (trt-int8)": {"keep_gates_fp": True},
+    "int8 sym., gates float (trt-int8)": shipped_placement("trt-int8"),
     "int8 sym., gates int8": {},
     "uint8 asym., weighted ops + fallback": {
         **UINT8,
