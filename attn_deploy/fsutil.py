@@ -73,7 +73,9 @@ def _name_problem(name: object) -> str | None:
 
 def check_writable_dir(folder: str | os.PathLike[str], what: str = "--out") -> Path:
     """``folder`` if it is, or can be created as, a folder this user writes to; else a one-line ``ConfigError``
-    naming the option ``what`` (a file in the way, a parent that is a file or not writable)."""
+    naming the option ``what`` (empty, a file in the way, a parent that is a file or not writable)."""
+    if not str(folder).strip():  # an unset shell variable: "" would quietly mean the current folder
+        raise ConfigError(f"{what} is empty; give it a folder name")
     folder = Path(folder)
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():

@@ -123,6 +123,17 @@ def _json_request(**entry_overrides: object) -> bytes:
         (_json_request(data=[0.0] * 47), None, "has 47 data elements, shape [1, 3, 4, 4] needs 48"),
         (_json_request(data=["a"] * 48), None, "data does not convert to FP32"),
         (_json_request(data=None, parameters={}), None, 'neither "data" nor parameters.binary_data_size'),
+        # the data's absence is named even when the declared shape is larger than the body
+        (
+            _json_request(data=None, shape=[64, 3, 4, 4]),
+            None,
+            'neither "data" nor parameters.binary_data_size',
+        ),
+        (
+            _json_request(data=None, shape=[64, 3, 4, 4], parameters={"shared_memory_region": "r"}),
+            None,
+            "shared memory is not supported",
+        ),
         (_good_binary()[0][:-4], _good_binary()[1], "only 380 bytes follow the JSON header"),
         (_good_binary()[0] + b"\0" * 8, _good_binary()[1], "392 bytes follow the JSON header but"),
         (_good_binary()[0], 10**6, "Inference-Header-Content-Length is 1000000 but the body has only"),

@@ -129,7 +129,23 @@ def test_a_bad_out_or_option_writes_nothing(artifacts: dict[str, Path], tmp_path
         (["--out", str(tmp_path / "file" / "repo")], "is a file"),
         (["--out", str(tmp_path / "repo"), "--max-batch", "-1"], "--max-batch must be 0..256"),
         (["--out", str(tmp_path / "repo"), "--max-delay-ms", "nan"], "--max-delay-ms must be"),
+        (["--out", ""], "--out is empty"),
+        (["--out", " "], "--out is empty"),
     ):
         assert main(["triton-repo", str(artifacts["dynamic"]), *extra]) == 2
         assert needle in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_version_folders_left_by_others_are_never_served(
+    artifacts: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    """Triton serves the highest version folder by default: a stale 3/ must not win over the 1/ written here."""
+    stale = tmp_path / "repo" / "tiny-gate" / "3"
+    stale.mkdir(parents=True)
+    (stale / "model.onnx").write_bytes(b"someone else's model")
+    assert main(["triton-repo", str(artifacts["dynamic"]), "--out", str(tmp_path / "repo")]) == 0
+    config = _parse(tmp_path / "repo" / "tiny-gate" / "config.pbtxt")
+    assert list(config.version_policy.specific.versions) == [1]
+    assert "version folders 3 in" in " ".join(capsys.readouterr().out.split())
+    assert (stale / "model.onnx").read_bytes() == b"someone else's model"  # not ours to delete

@@ -125,13 +125,17 @@ def decode_infer_request(body: bytes, header_length: int | None, signature: Mode
     offset = 0
     for item in inputs_json:
         spec, shape, params = _check_input_header(item, signature)
+        if spec.name in inputs:
+            raise ProtocolError(f"input '{spec.name}' appears twice in the request")
+        if "data" not in item and "binary_data_size" not in params:
+            if "shared_memory_region" in params:
+                raise ProtocolError(f"input '{spec.name}': shared memory is not supported by this server")
+            raise ProtocolError(f"input '{spec.name}' has neither \"data\" nor parameters.binary_data_size")
         if element_count(shape) > len(body):
             raise ProtocolError(
                 f"input '{spec.name}' has shape {list(shape)} of {element_count(shape)} elements, "
                 f"more than the {len(body)}-byte request can carry"
             )
-        if spec.name in inputs:
-            raise ProtocolError(f"input '{spec.name}' appears twice in the request")
         if "binary_data_size" in params:
             if "data" in item:
                 raise ProtocolError(f"input '{spec.name}' has both JSON data and binary_data_size")
@@ -145,12 +149,8 @@ def decode_infer_request(body: bytes, header_length: int | None, signature: Mode
                 )
             inputs[spec.name] = _array_from_binary(tail[offset : offset + size], spec, shape)
             offset += size
-        elif "data" in item:
-            inputs[spec.name] = _array_from_json(item["data"], spec, shape)
-        elif "shared_memory_region" in params:
-            raise ProtocolError(f"input '{spec.name}': shared memory is not supported by this server")
         else:
-            raise ProtocolError(f"input '{spec.name}' has neither \"data\" nor parameters.binary_data_size")
+            inputs[spec.name] = _array_from_json(item["data"], spec, shape)
     if offset != len(tail):
         raise ProtocolError(
             f"{len(tail)} bytes follow the JSON header but the inputs' binary_data_size add up to {offset}"

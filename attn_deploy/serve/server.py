@@ -27,6 +27,7 @@ lets in-flight requests finish (up to ``shutdown_timeout``) before the workers s
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from attn_deploy import __version__
@@ -69,12 +70,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class _OneLineBadHttp(logging.Filter):
     """aiohttp answers a request it cannot parse (no Host, 8 KiB header line, bad Content-Length, TLS on
-    the HTTP port, ...) with 400 itself, and logs a traceback at ERROR: the client's fault, so one INFO line."""
+    the HTTP port, ...) with 400 itself, and logs a traceback at ERROR; after the server has answered a body
+    that does not inflate (gzip that is not gzip) with 400, aiohttp drains the rest of it and logs the same
+    error again as "Unhandled exception". Both are the client's fault, so one INFO line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            record.msg = f"{record.msg}: {_clip(' '.join(str(exc.message).split()))}"
+        if isinstance(exc, HttpProcessingError | web.RequestPayloadError):
+            text = exc.message if isinstance(exc, HttpProcessingError) else exc
+            record.msg = f"{record.msg}: {_clip(' '.join(str(text).split()))}"
             record.exc_info = record.exc_text = None
             record.levelno, record.levelname = logging.INFO, "INFO"
         return True
@@ -221,13 +225,15 @@ class V2Server:
         text = render_prometheus(m.metrics for m in self.pool.models.values())
         return web.Response(body=text.encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        too_large = PayloadTooLargeError(
+    def _too_large(self) -> PayloadTooLargeError:
+        return PayloadTooLargeError(
             f"request body is over the {self.pool.options.max_body_mb:g} MB limit; "
             "send fewer items per request or raise --max-body-mb"
         )
+
+    async def _read_body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > self.max_body_bytes:
-            raise too_large
+            raise self._too_large()
         if request.content_type.startswith("multipart/"):
             raise UnsupportedMediaTypeError(
                 f"Content-Type {request.content_type} is not supported; send the inference request as "
@@ -241,9 +247,7 @@ class V2Server:
         timeout = self.pool.options.body_timeout_s
         try:
             async with asyncio.timeout(timeout):
-                return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise too_large from None
+                body = await self._read_bounded(request.content)
         except web.RequestPayloadError as exc:  # a body that does not decode or ends early
             message = " ".join(str(exc).split()).removeprefix("400, message: ")
             raise ProtocolError(f"cannot read the request body: {message}") from None
@@ -251,6 +255,21 @@ class V2Server:
             raise RequestTimeoutError(
                 f"request body not received within {timeout:g} s; send the whole body promptly"
             ) from None
+        if body is None:
+            raise self._too_large()
+        return body
+
+    async def _read_bounded(self, content: StreamReader) -> bytes | None:
+        """The body, or None once it passes the limit. Read (and, for gzip/deflate, inflated) in aiohttp's
+        small chunks, so an over-limit body costs at most the limit plus one chunk of memory, and that is
+        freed on return (aiohttp's ``request.read()`` inflates in limit-sized chunks, and the exception it
+        raises kept the buffer alive in a reference cycle until the next garbage collection)."""
+        body = bytearray()
+        while chunk := await content.readany():
+            if len(body) + len(chunk) > self.max_body_bytes:
+                return None
+            body += chunk
+        return bytes(body)
 
     async def _infer(self, request: web.Request) -> web.Response:
         model = self._model(request)
@@ -308,9 +327,11 @@ class V2Server:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            raise ConfigError(
-                f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port"
-            ) from None
+            port_taken = exc.errno in (errno.EADDRINUSE, errno.EACCES)  # in use, or < 1024 without root
+            fix = (
+                "pick another --port" if port_taken else "give --host an address of this machine (127.0.0.1)"
+            )
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); {fix}") from None
         self._runner = runner
         self.port = runner.addresses[0][1]
         return self.port

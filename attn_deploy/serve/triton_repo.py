@@ -151,10 +151,20 @@ def write_triton_model(
         max_queue_delay_us=round(max_delay_ms * 1000),
         trt_precision=trt_precision if platform == ONNX_PLATFORM else None,
     )
+    # Triton serves the highest numeric version folder by default: pinned, a version folder left in the
+    # repository by someone else (say 3/) can never be served in place of the model written here
+    # (model_config.proto: ModelVersionPolicy.Specific).
+    config["version_policy"] = {"specific": {"versions": [int(MODEL_VERSION)]}}
     names = class_names(artifact.manifest)
     if names:  # Triton reads it from the model directory (model_config.proto: ModelOutput.label_filename)
         config["output"][0]["label_filename"] = LABELS_FILE
     model_dir = Path(repo) / name
+    others = _other_versions(model_dir)
+    if others:
+        notes += (
+            f"version folders {', '.join(others)} in {model_dir} were left as they were; "
+            f"config.pbtxt serves version {MODEL_VERSION} only",
+        )
     model_file = model_dir / MODEL_VERSION / _MODEL_FILES[platform]
 
     def copy_model(tmp: Path) -> None:
@@ -169,6 +179,16 @@ def write_triton_model(
         (model_dir / LABELS_FILE).unlink(missing_ok=True)
     write_text(model_dir / "config.pbtxt", to_pbtxt(config))
     return TritonModel(name, model_dir, model_file, config, notes)
+
+
+def _other_versions(model_dir: Path) -> list[str]:
+    """Numeric version folders in ``model_dir`` other than the one written here, sorted by number."""
+    if not model_dir.is_dir():
+        return []
+    found = [
+        p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and p.name != MODEL_VERSION
+    ]
+    return sorted(found, key=int)
 
 
 def _serving_choice(
