@@ -45,6 +45,7 @@ EPILOG = """exit codes:
   2    usage or input error, or an export refused (e.g. its graph does not match PyTorch): one red
        line naming the problem and the fix, nothing written (argparse's usage errors are 2 too)
   130  interrupted (Ctrl-C; 128 + signal number for other signals); nothing half-written is left
+  141  the reader of standard output went away (`attn-deploy list | head -1`), as for SIGPIPE
 
 `attn-deploy COMMAND --help` shows a command's options."""
 
@@ -98,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``attn-deploy`` console script."""
     with exit_on_signals(announce_interrupt):  # first: a command's imports (torch) take seconds
         args = build_parser().parse_args(argv)
+        empty = _empty_value(args, sys.argv[1:] if argv is None else argv)
+        if empty:
+            return fail(f"{empty} is empty; give it a value")
         was_quiet = console.quiet
         console.quiet = args.quiet or getattr(args, "json", None) == STDOUT  # stdout holds only the JSON
         try:
@@ -105,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.func(args) or 0)
         except AttnDeployError as exc:
             return fail(getattr(exc, "cli_hint", None) or str(exc))  # the hint names flags, not API arguments
+        except BrokenPipeError:  # `--json | head`: the reader went away, as rich's own tables handle it
+            console.on_broken_pipe()
         except OSError as exc:
             where = f" ({exc.filename})" if exc.filename else ""
             return fail(
@@ -119,6 +125,17 @@ def main(argv: list[str] | None = None) -> int:
             console.quiet = (
                 was_quiet  # main() called from Python (tests, notebooks) leaves the console as it was
             )
+
+
+def _empty_value(args: argparse.Namespace, argv: list[str]) -> str | None:
+    """The option (or argument) given as an empty or blank string: an unset shell variable, which would
+    otherwise quietly mean the current folder (``--out ""``) or the default (``--name ""``)."""
+    for dest, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in values):
+            option = f"--{dest.replace('_', '-')}"
+            return option if option in argv or any(a.startswith(f"{option}=") for a in argv) else dest.upper()
+    return None
 
 
 def fail(message: str) -> int:

@@ -34,6 +34,9 @@ ActivationType = Literal["int8", "uint8"]
 MAX_BATCH = 256
 """Largest batch of an export or benchmark sample and of a Triton ``max_batch_size`` (a dynamic-batch export
 takes any batch at run time)."""
+MIN_SIDE, MAX_SIDE = 8, 4096
+"""Bounds of an input height or width given by the user (8: the smallest synthetic image), a TensorRT profile's
+included."""
 
 PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent / "export_configs"  # shipped in the wheel
 
@@ -330,6 +333,10 @@ def _read_merged(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(f"{path}: the top level must be a mapping of config keys")
     parent = data.pop("extends", None)
     own_name = data.pop("name", None)
+    try:
+        _check_keys(ExportConfig, data, "")  # here, so the message names the file that holds the key
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if parent is None:
         merged: dict[str, Any] = {}
     elif isinstance(parent, str):
@@ -382,15 +389,28 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        raise ConfigError(f"unknown key {prefix + str(unknown[0])!r}; allowed: {', '.join(names)}")
+    _check_keys(cls, data, prefix)
     kwargs = {key: _convert(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
     try:
         return cls(**kwargs)
     except ConfigError as exc:  # a range check in __post_init__ names the field without its section
         raise ConfigError(f"{prefix}{exc}") from None
+
+
+def _check_keys(cls: type, data: Any, prefix: str) -> None:
+    """An unknown key in ``data`` (and in its sections that are dataclasses) is a one-line ``ConfigError``,
+    clipped: a file that is not a config (``extends: /etc/passwd``) is not echoed whole."""
+    if not isinstance(data, dict):
+        return  # a section that is not a mapping is _build's to report, with its value
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key, value in data.items():
+        if key not in names:
+            shown = prefix + str(key)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise ConfigError(f"unknown key {shown!r}; allowed: {', '.join(names)}")
+        if dataclasses.is_dataclass(hints[key]):
+            _check_keys(hints[key], value, f"{prefix}{key}.")
 
 
 def _convert(hint: Any, value: Any, key: str) -> Any:

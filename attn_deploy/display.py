@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,9 +42,23 @@ PIPED_WIDTH = 1000
 paths stay whole instead of being cut at rich's default 80 (``COLUMNS`` still wins when set)."""
 
 
+BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE
+"""Exit status when the reader of standard output went away (``attn-deploy list | head -1``): what a shell
+reports for a process SIGPIPE ended (141), not 1, which means a failed check."""
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """rich silences standard output and exits 1; this CLI exits as SIGPIPE would."""
+        try:
+            super().on_broken_pipe()
+        except SystemExit:
+            raise SystemExit(BROKEN_PIPE_EXIT) from None
+
+
 def make_console(*, stderr: bool = False) -> Console:
     """A rich console; when it writes to a file or pipe (and ``COLUMNS`` is unset), :data:`PIPED_WIDTH` wide."""
-    made = Console(stderr=stderr)
+    made = _Console(stderr=stderr)
     if not made.is_terminal and "COLUMNS" not in os.environ:
         made.width = PIPED_WIDTH
     return made
@@ -84,12 +100,30 @@ def check_json_target(target: str | None) -> None:
     fsutil.check_writable_dir(os.path.dirname(os.path.abspath(target)), "--json")
 
 
+def _is_stream(target: str) -> bool:
+    """True for a character device or FIFO (``/dev/null``, ``/dev/stderr``, a named pipe): written into, as a
+    shell redirection would, never replaced by a file."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
 def emit_json(data: Any, target: str) -> None:
-    """``data`` as indented JSON: printed on standard output for ``-``, else written atomically to ``target``."""
+    """``data`` as indented JSON: printed on standard output for ``-``, written into a device or pipe at
+    ``target`` (``/dev/stderr``, a FIFO), else written atomically to ``target``."""
     text = json.dumps(data, indent=2, default=str) + "\n"
     if target == STDOUT:
         sys.stdout.write(text)
         sys.stdout.flush()
+    elif _is_stream(target):
+        try:
+            with open(target, "w", encoding="utf-8") as stream:
+                stream.write(text)
+        except OSError as exc:
+            raise ConfigError(f"cannot write --json '{target}': {exc.strerror}") from None
+        console.print(f"wrote {escape(target)}", highlight=False)
     else:
         console.print(f"wrote {escape(str(fsutil.write_text(target, text)))}", highlight=False)
 

@@ -4,8 +4,9 @@
 * :func:`atomic_path` / :func:`staging`: write to a hidden ``.<name>.<kind>-<pid>-XXXXXXXX[.tmp]`` entry next to
   the target, then rename. The creating process id is in the name: the next staging in the same folder removes
   those of dead processes (a SIGKILL), never a live process's.
+* :func:`scratch_dir`: a private temporary folder, removed like staging.
 * :func:`exit_on_signals`: SIGINT / SIGTERM end the process at once with status 128 + signal, after removing
-  this process's staging; :func:`critical_section` defers them while directories are swapped.
+  this process's staging and scratch folders; :func:`critical_section` defers them while directories are swapped.
 """
 
 from __future__ import annotations
@@ -181,6 +182,21 @@ def staging(parent: Path, name: str, kind: Literal["tmp", "new", "old"]) -> Iter
 
 
 @contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A private folder in the system's temporary directory, removed on exit and, like staging, when a signal
+    handled by :func:`exit_on_signals` ends the process (which skips ``tempfile.TemporaryDirectory``'s own
+    clean-up: an interrupted INT8 export left its 45 MB FP32 copy behind)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    key = path.resolve()
+    _active[key] = []
+    try:
+        yield path
+    finally:
+        _remove(path)
+        _active.pop(key, None)
+
+
+@contextmanager
 def critical_section() -> Iterator[None]:
     """A signal handled by :func:`exit_on_signals` waits until this block ends (a swap is never cut in half)."""
     global _critical
@@ -247,8 +263,13 @@ DIR_MODE = 0o777 & ~_current_umask()
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
-    target = Path(path)
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A symbolic link is written through (its target is replaced, the link stays); a device, pipe or socket at
+    ``path`` is a one-line ``ConfigError``: the rename would replace the node itself with a file."""
+    target = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    if target.exists() and not (target.is_file() or target.is_dir()):
+        raise ConfigError(f"'{path}' is a device, pipe or socket, not a file; give a file path")
     with staging(target.parent, target.name, "tmp") as tmp_path:
         yield tmp_path
         os.chmod(tmp_path, FILE_MODE)

@@ -144,6 +144,19 @@ def test_extends_cycle_is_reported(tmp_path: Path):
         load_config(tmp_path / "a.yaml")
 
 
+def test_an_unknown_key_names_the_file_that_holds_it_clipped(tmp_path: Path):
+    (tmp_path / "base.yaml").write_text("opset: 18\nint8:\n  bogus: 1\n")
+    (tmp_path / "top.yaml").write_text("extends: base.yaml\nopset: 17\n")
+    with pytest.raises(ConfigError, match=r"base\.yaml: unknown key 'int8\.bogus'"):
+        load_config(tmp_path / "top.yaml")
+    (tmp_path / "odd.yaml").write_text("extends: notes.yaml\n")
+    (tmp_path / "notes.yaml").write_text("root:x:0:0:a long line of a file that is not a config: 1\n")
+    with pytest.raises(
+        ConfigError, match=r"notes\.yaml: unknown key 'root:x:0:0:a long line of a file that\.\.\.'"
+    ):
+        load_config(tmp_path / "odd.yaml")
+
+
 def test_unknown_config_name_lists_the_shipped_ones():
     with pytest.raises(ConfigError, match=r"not found; give a YAML path or one of: .*trt-fp16"):
         load_config("trt-fp17")

@@ -137,7 +137,7 @@ CASES: list[tuple[str, list[str | Callable[[Path], str]], str]] = [
     ("config-int-key", [*EXPORT, "--config", _write("k.yaml", "1: 2\n")], "unknown key '1'"),
     ("weights-text", [*EXPORT, "--weights", _write("w.pt", "hello\n")], "cannot read weights"),
     ("weights-empty", [*EXPORT, "--weights", _write("e.pt", b"")], "cannot read weights"),
-    ("weights-folder", [*EXPORT, "--weights", _folder], "not found"),
+    ("weights-folder", [*EXPORT, "--weights", _folder], "is a folder"),
     ("weights-zip", [*EXPORT, "--weights", _garbage_zip], "cannot read weights"),
     ("out-file", [*EXPORT, "--out", _a_file], "is a file"),
     ("out-under-file", [*EXPORT, "--out", lambda t: _a_file(t) + "/sub"], "is a file"),
@@ -163,7 +163,12 @@ CASES: list[tuple[str, list[str | Callable[[Path], str]], str]] = [
     ("bench-warmup", ["bench", "--model", MODEL, "--warmup-s", "nan"], "--warmup-s must be"),
     ("bench-threads", ["bench", "--model", MODEL, "--threads", "0"], "--threads must be 1.."),
     ("bench-threads-huge", ["bench", "--model", MODEL, "--threads", "100000"], "--threads must be 1.."),
-    ("bench-backends", ["bench", "--model", MODEL, "--backends", ""], "unknown backend"),
+    ("bench-backends", ["bench", "--model", MODEL, "--backends", ","], "unknown backend"),
+    # an unset shell variable: never the current folder or the default in disguise
+    ("empty-out", [*EXPORT, "--out", ""], "--out is empty"),
+    ("blank-name", [*EXPORT, "--name", " "], "--name is empty"),
+    ("empty-json", ["list", "--json", ""], "--json is empty"),
+    ("empty-artifact", ["validate", ""], "ARTIFACT is empty"),
     ("bench-json-folder", ["bench", "--model", MODEL, "--json", _folder], "is a folder"),
     ("bench-out-file", ["bench", "--model", MODEL, "--out", _a_file], "is a file"),
     ("bench-attention", ["bench", "--arch", "resnet18", "--attention", "nope"], "unknown attention"),
@@ -252,6 +257,54 @@ def test_a_write_replaces_only_its_own_artifact(tmp_path: Path) -> None:
     assert json.loads((model / "ort-fp16" / "manifest.json").read_text()) == {"target": "ort-fp16"}
     assert (model / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in model.iterdir()) == ["notes.txt", "ort-fp16", "ort-fp32"]
+
+
+def test_json_into_a_link_or_a_pipe_never_replaces_it(tmp_path: Path, capsys) -> None:
+    """``--json`` onto a symbolic link writes its target; onto a FIFO (as onto /dev/null or /dev/stderr) writes
+    into it. The atomic rename used to put a regular file in place of either (as root, of /dev/null itself)."""
+    import threading
+
+    from attn_deploy import fsutil
+
+    (tmp_path / "target.json").write_text("{}")
+    (tmp_path / "link.json").symlink_to("target.json")
+    assert main(["list", "--arch", "resnet18", "--json", str(tmp_path / "link.json")]) == 0
+    assert (tmp_path / "link.json").is_symlink()
+    assert "resnet18-se" in (tmp_path / "target.json").read_text()
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    assert main(["list", "--arch", "resnet18", "--json", str(fifo)]) == 0
+    reader.join(timeout=30)
+    assert fifo.is_fifo() and json.loads(received[0])["models"]
+    capsys.readouterr()
+
+    with pytest.raises(ConfigError, match="is a device, pipe or socket, not a file"):
+        fsutil.write_text(fifo, "x")  # every other write refuses such a node rather than replace it
+    assert fifo.is_fifo()
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"]])
+def test_a_reader_that_went_away_is_exit_141_and_quiet(extra: list[str]) -> None:
+    """``attn-deploy list | head -1``: standard output is a pipe nobody reads. rich exited 1 (which this CLI
+    keeps for a failed check) and ``--json``'s own write was an "error: Broken pipe" line."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # no reader: the first write fails with EPIPE, as after head has exited
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "attn_deploy.cli", "list", "--arch", "resnet18", *extra],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
 
 
 def test_config_named_dot_keeps_the_other_targets(artifact: Path, tmp_path: Path, capsys) -> None:
@@ -524,10 +577,12 @@ SIGNAL_SCRIPT = """
     from pathlib import Path
     from attn_deploy.cli import announce_interrupt
     from attn_deploy.artifacts import staged_directory
-    from attn_deploy.fsutil import critical_section, exit_on_signals
+    from attn_deploy.fsutil import critical_section, exit_on_signals, scratch_dir
     final, mode = Path(sys.argv[1]), sys.argv[2]
-    with exit_on_signals(announce_interrupt), staged_directory(final) as staging:
+    with exit_on_signals(announce_interrupt), staged_directory(final) as staging, scratch_dir("t-") as scratch:
         (staging / "manifest.json").write_text("{}")
+        (scratch / "model.fp32.onnx").write_bytes(b"a private copy")  # as the INT8 stage keeps one
+        print(scratch, flush=True)
         if mode == "critical":
             with critical_section():
                 os.kill(os.getpid(), signal.SIGINT)
@@ -540,7 +595,7 @@ SIGNAL_SCRIPT = """
 @pytest.mark.parametrize(
     ("mode", "sig"), [("plain", signal.SIGINT), ("plain", signal.SIGTERM), ("critical", signal.SIGINT)]
 )
-def test_a_signal_exits_128_plus_it_and_removes_staging(
+def test_a_signal_exits_128_plus_it_and_removes_staging_and_scratch(
     tmp_path: Path, mode: str, sig: signal.Signals
 ) -> None:
     final = tmp_path / MODEL / "ort-fp32"
@@ -551,11 +606,13 @@ def test_a_signal_exits_128_plus_it_and_removes_staging(
         text=True,
         cwd=REPO,
     )
+    scratch = Path(proc.stdout.readline().strip())
     if mode == "plain":
         assert proc.stdout.readline().strip() == "ready"
         proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig
+    assert scratch.name.startswith("t-") and not scratch.exists(), "scratch folders go too"
     assert err.strip() == f"interrupted ({sig.name}); nothing half-written was left"
     if mode == "critical":  # the block ran to its end, then the staging went
         assert sorted(p.name for p in final.parent.iterdir()) == ["after-signal"]

@@ -69,6 +69,13 @@ def test_profiles_from_the_config_are_checked_against_the_model():
     tokens = [{"name": "tokens", "shape": [1, "sequence"]}]
     with pytest.raises(ConfigError, match=r"give `profiles: \{tokens: \.\.\.\}`"):
         resolve_profiles(load_config("trt-fp16-dynamic"), tokens, {"tokens": [1, 77]})
+    typo = replace_config(config, {"profiles": {"imgs": given}})  # images would quietly get the derived one
+    with pytest.raises(ConfigError, match="profiles name no input of the model: 'imgs'; its inputs: images"):
+        resolve_profiles(typo, YOLO_INPUT, {"images": [1, 3, 640, 640]})
+    for huge, needle in (([300, 3, 640, 640], "max batch 300 is over 256"), ([8, 3, 640, 5000], "over 4096")):
+        too_big = replace_config(config, {"profiles": {"*": {**given, "max": huge}}})
+        with pytest.raises(ConfigError, match=needle):
+            resolve_profiles(too_big, YOLO_INPUT, {"images": [1, 3, 640, 640]})
 
 
 def test_engine_cache_key_changes_with_every_input(tmp_path):

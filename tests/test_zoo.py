@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -332,6 +334,21 @@ def test_missing_weights_file(tmp_path: Path) -> None:
     with pytest.raises(WeightsError) as exc:
         create_model("resnet18", weights=tmp_path / "nope.pt")
     assert "nope.pt' not found" in _one_line(exc) and "--weights" in str(exc.value)
+    with pytest.raises(WeightsError) as exc:
+        create_model("resnet18", weights=tmp_path)
+    assert "is a folder" in _one_line(exc)
+
+
+def test_a_legacy_pickle_is_one_error_without_torch_warnings(tmp_path: Path) -> None:
+    """torch warns about the protocol of a pre-zip pickle before refusing it: the user gets our line only."""
+    path = tmp_path / "legacy.pt"
+    path.write_bytes(pickle.dumps({"model": Path("x")}, protocol=4))  # a bare pickle, no torch container
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(WeightsError) as exc:
+            create_model("resnet18", weights=path)
+    assert "as a plain state_dict" in _one_line(exc)
+    assert [str(w.message)[:60] for w in caught] == []
 
 
 @pytest.mark.parametrize(("name", "classes", "size"), [("resnet18-se", 10, 32), ("yolov8n-eca", 3, 64)])

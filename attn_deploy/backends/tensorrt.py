@@ -42,7 +42,7 @@ from attn_deploy.backends.engine_cache import (
     onnx_digest,
     timing_cache_name,
 )
-from attn_deploy.config import ExportConfig, ShapeProfile
+from attn_deploy.config import MAX_BATCH, MAX_SIDE, ExportConfig, ShapeProfile
 from attn_deploy.errors import ConfigError, ExportError, InputError, UnsupportedOpError
 from attn_deploy.fsutil import write_bytes
 
@@ -106,6 +106,12 @@ def resolve_profiles(
         profile = given or _derived_profile(config, name, dims, export)
         _check_profile(name, dims, profile)
         profiles[name] = profile
+    unknown = sorted(set(config.profiles) - {"*"} - set(profiles))
+    if unknown:  # a typo would quietly leave that input on the derived profile
+        raise ConfigError(
+            f"profiles name no input of the model: {', '.join(map(repr, unknown))}; "
+            f"its inputs: {', '.join(profiles)}"
+        )
     return profiles
 
 
@@ -137,6 +143,14 @@ def _check_profile(name: str, dims: list[Any], profile: ShapeProfile) -> None:
     for axis, dim in enumerate(dims):
         if isinstance(dim, int) and not profile.min[axis] == profile.opt[axis] == profile.max[axis] == dim:
             raise ConfigError(f"profiles.{name}: dim {axis} is static ({dim}) in the model; use {dim} there")
+    if profile.max[0] > MAX_BATCH:
+        raise ConfigError(
+            f"profiles.{name}: max batch {profile.max[0]} is over {MAX_BATCH}; use {MAX_BATCH} or less"
+        )
+    if len(dims) == 4 and max(profile.max[2:]) > MAX_SIDE:
+        raise ConfigError(
+            f"profiles.{name}: max H/W {list(profile.max[2:])} is over {MAX_SIDE}; use {MAX_SIDE} or less"
+        )
 
 
 def build_settings(config: ExportConfig, profiles: Mapping[str, ShapeProfile]) -> dict[str, Any]:

@@ -10,7 +10,6 @@ specific to this machine's CPU (ORT warns so): it is counted, never shipped.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import onnx
 import onnxruntime as ort
 
 from attn_deploy.errors import InputError, exception_summary
+from attn_deploy.fsutil import scratch_dir
 
 DOMAIN_PREFIX = {"": "", "ai.onnx": "", "com.microsoft": "ms:", "com.microsoft.nchwc": "nchwc:"}
 EXPLAIN_COLUMNS = {
@@ -45,7 +45,7 @@ def optimized_graph(path: str | os.PathLike[str]) -> onnx.ModelProto:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # the "hardware specific" warning of saving an NCHWc graph is expected
-    with tempfile.TemporaryDirectory(prefix="attn-deploy-explain-") as tmp:
+    with scratch_dir("attn-deploy-explain-") as tmp:
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         try:
             ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])

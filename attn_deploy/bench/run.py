@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from attn_deploy.bench.targets import (
 from attn_deploy.bench.timing import CV_WARN, LatencyStats, fix_threads, time_interleaved
 from attn_deploy.data.synthetic import synthetic_images
 from attn_deploy.errors import AttnDeployError, ConfigError
+from attn_deploy.fsutil import scratch_dir
 from attn_deploy.models import create_model, model_spec, resolve_name
 from attn_deploy.models.profile import count_gflops, count_params
 from attn_deploy.workflow.zoo import SAMPLE_SEED, parse_imgsz
@@ -183,7 +183,7 @@ def bench_models(
     if warmup_s < 0:
         raise ConfigError(f"--warmup-s must be >= 0, got {warmup_s}")
     count = fix_threads(threads)
-    with tempfile.TemporaryDirectory(prefix="attn-deploy-bench-") as tmp:
+    with scratch_dir("attn-deploy-bench-") as tmp:
         cache = OnnxCache(Path(workdir) if workdir else Path(tmp), dynamic)
         names = [resolve_name(n) for n in names]
         run = BenchRun(names, batch, (0, 0), count, runs, warmup_s, {}, dynamic=dynamic)

@@ -172,8 +172,8 @@ def check_source_flags(args: argparse.Namespace) -> None:
 
 def load_own_model(args: argparse.Namespace) -> LoadedModel:
     """The model of --weights (Ultralytics) / --checkpoint [--trust-checkpoint] / --module."""
+    from attn_deploy.config import MAX_SIDE, MIN_SIDE
     from attn_deploy.errors import ConfigError
-    from attn_deploy.models.registry import MAX_SIDE, MIN_SIDE
     from attn_deploy.models.source import load_checkpoint, load_factory
     from attn_deploy.workflow.zoo import parse_size
 

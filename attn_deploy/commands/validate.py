@@ -201,7 +201,7 @@ def detection_table(detection: dict[str, Any]) -> Table:
 def image_size(manifest: dict[str, Any]) -> tuple[int, int] | None:
     """The (H, W) the artifact's images are preprocessed to (``None`` without a ``preprocess`` entry); an
     ``InputError`` unless it is two sizes in 1..MAX_SIDE (a hand-edited manifest)."""
-    from attn_deploy.models.registry import MAX_SIDE  # the zoo imports torch: only when validate runs
+    from attn_deploy.config import MAX_SIDE
 
     preprocess = manifest.get("preprocess")
     if not preprocess:

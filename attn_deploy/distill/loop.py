@@ -43,6 +43,7 @@ from attn_deploy.distill.sources import ImageSource, open_source
 from attn_deploy.distill.student import init_student
 from attn_deploy.errors import ConfigError, WeightsError, exception_summary
 from attn_deploy.fsutil import atomic_path, check_writable_dir
+from attn_deploy.models.weights import load_weights_only
 from attn_deploy.models.yolov8 import YOLOv8
 from attn_deploy.train.detect_loss import DetectionLoss
 
@@ -372,7 +373,7 @@ def _load_checkpoint(
     if not path.is_file():
         raise ConfigError(f"no checkpoint to resume at '{path}'; run without --resume to start")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path)
         saved = state["settings"]
         student.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])

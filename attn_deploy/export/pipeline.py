@@ -21,7 +21,6 @@ import dataclasses
 import io
 import logging
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -160,7 +159,7 @@ def _torchscript_export(
     batch_axes = {0: DIM_NAMES[0]} if any(0 in a for a in axes) else {}
     dynamic_axes = {n: a for n, a in zip(input_names, axes, strict=True) if a}
     dynamic_axes.update({n: batch_axes for n in output_names if batch_axes})
-    with tempfile.TemporaryDirectory() as tmp:
+    with fsutil.scratch_dir("attn-deploy-trace-") as tmp:
         path = os.path.join(tmp, "model.onnx")
         torch.onnx.export(
             model,
@@ -262,8 +261,8 @@ def _check_finite(reference: list[np.ndarray], names: list[str], shape: tuple[in
         if ref.dtype.kind == "f" and not np.isfinite(ref).all():
             raise ExportError(
                 f"PyTorch's own output '{name}' has {int(np.count_nonzero(~np.isfinite(ref)))} NaN/inf values at "
-                f"input shape {shape}: nothing to verify the graph against; export with a sample the model maps "
-                "to finite outputs; nothing was written"
+                f"input shape {shape}: nothing to verify the graph against; check the weights for NaN/inf "
+                "values, or export at a size (--imgsz) the model maps to finite outputs; nothing was written"
             )
 
 
@@ -409,6 +408,8 @@ def _verify(
 def _combined(failures: list[ExportError]) -> ExportError:
     """The dynamo exporter's error, with the TorchScript exporter's appended (both failed)."""
     dynamo, torchscript = failures
+    if str(torchscript) == str(dynamo):  # the same check refused both graphs: say it once
+        return ExportError(f"{dynamo}; the TorchScript exporter failed too, the same way")
     return ExportError(
         f"{dynamo}; the TorchScript exporter failed too: {exception_summary(torchscript, limit=300)}"
     )

@@ -15,12 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from attn_deploy.config import MAX_BATCH
+from attn_deploy.config import MAX_BATCH, MAX_SIDE, MIN_SIDE
 from attn_deploy.data.preprocess import PreprocessSpec
 from attn_deploy.errors import ConfigError, InputError
 
-MIN_SIDE, MAX_SIDE = 8, 4096
-"""Bounds of an input height or width given by the user (8: the smallest synthetic image)."""
 MAX_PIXELS = 1 << 28
 """Largest images x height x width held at once (3 GiB as float32 RGB)."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -94,15 +95,25 @@ def checkpoint_num_classes(
     return int(found[0].shape[0])
 
 
+def load_weights_only(path: str | os.PathLike[str]) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU, without torch's warnings about the file's pickle
+    protocol: the caller turns a failure into one line of its own."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> Mapping[str, torch.Tensor]:
     """The state_dict saved at ``path`` (``weights_only=True``; container and ``module.`` prefix unwrapped)."""
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"weights '{path}' is a folder; pass --weights PATH to a .pt/.pth state_dict file")
     if not path.is_file():
         raise WeightsError(
             f"weights file '{path}' not found; pass --weights PATH to an existing .pt/.pth state_dict"
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_weights_only(path)
     except Exception as exc:  # any failure to decode the user's bytes: KeyError, EOFError, ...
         if zipfile.is_zipfile(path):  # an Ultralytics best.pt: its tensors, read without running its code
             state = _ultralytics_state(path)

@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,6 +55,7 @@ from attn_deploy.config import Int8Config
 from attn_deploy.errors import ExportError, exception_summary
 from attn_deploy.export.ort_passes import GraphPass, apply_graph_passes
 from attn_deploy.export.stats import value_signature
+from attn_deploy.fsutil import scratch_dir
 from attn_deploy.parity import compare_outputs
 from attn_deploy.precision.calibration import (
     CalibrationSet,
@@ -367,7 +367,7 @@ def _quantize_static(
         # resnet50-ema on 32 images); calibrating a few images at a time bounds that.
         "CalibStridedMinMax": calibration_stride(len(calib.batches())),
     }
-    with tempfile.TemporaryDirectory(prefix="attn-deploy-int8-") as tmp, _quiet_ort_quantization():
+    with scratch_dir("attn-deploy-int8-") as tmp, _quiet_ort_quantization():
         source, out = Path(tmp) / "model.fp32.onnx", Path(tmp) / "model.int8.onnx"
         onnx.save(model, str(source))  # a path, not the proto: ONNX Runtime moves a proto's weights to files
         cached = cache_path.is_file()
