@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from attn_deploy import fsutil
 from attn_deploy.errors import ConfigError, InputError
 
@@ -74,7 +76,6 @@ def staged_directory(final: str | os.PathLike[str]) -> Iterator[Path]:
     final = check_destination(final)
     with fsutil.staging(final.parent, final.name, "new") as staging:
         yield staging
-        os.chmod(staging, fsutil.DIR_MODE)
         with fsutil.critical_section():
             _swap_in(staging, check_destination(final))
 
@@ -141,7 +142,60 @@ def load_artifact(directory: str | os.PathLike[str]) -> Artifact:
             f"{artifact.onnx_path} does not match its manifest (sha256 {actual[:12]}..., manifest "
             f"{str(manifest['sha256'])[:12]}...); {REEXPORT}"
         )
+    try:
+        graph = onnx.load(str(artifact.onnx_path), load_external_data=False).graph
+    except Exception as exc:  # DecodeError, OSError, ...: bytes that hash right but do not parse
+        raise InputError(
+            f"cannot load the model {artifact.onnx_path}: it does not parse as ONNX ({type(exc).__name__}); "
+            f"{REEXPORT}"
+        ) from None
+    problem = _manifest_disagreement(manifest, graph)
+    if problem:
+        raise InputError(
+            f"{manifest_path} does not describe {artifact.onnx_path.name}: {problem}; {REEXPORT}"
+        )
     return artifact
+
+
+_TASK_OUTPUT_RANK = {"classify": 2, "detect": 3}  # logits (N, classes); boxes and scores (N, 4 + classes, A)
+
+
+def _manifest_disagreement(manifest: dict[str, Any], graph: onnx.GraphProto) -> str | None:
+    """What a hand-edited manifest says that the graph does not (its sha256 only covers ``model.onnx``):
+    tensor names, dtypes and static dims, the preprocess size of a static input, the task's output rank."""
+    weights = {init.name for init in graph.initializer}
+    for key, values in (
+        ("inputs", [v for v in graph.input if v.name not in weights]),
+        ("outputs", graph.output),
+    ):
+        claimed = manifest[key]
+        if [t["name"] for t in claimed] != [v.name for v in values]:
+            return f"{key} {[t['name'] for t in claimed]} are {[v.name for v in values]} in the graph"
+        for entry, value in zip(claimed, values, strict=True):
+            tensor = value.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+            if len(entry["shape"]) != len(dims) or any(
+                (want if isinstance(want, int) else None) != got
+                for want, got in zip(entry["shape"], dims, strict=True)
+            ):
+                return f"{entry['name']} has shape {entry['shape']}, the graph's is {_shown(dims)}"
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+            if "dtype" in entry and entry["dtype"] != dtype:
+                return f"{entry['name']} is {entry['dtype']!r}, the graph's is {dtype!r}"
+    size = (manifest.get("preprocess") or {}).get("size")
+    first = [
+        d.dim_value if d.HasField("dim_value") else None for d in graph.input[0].type.tensor_type.shape.dim
+    ]
+    if isinstance(size, list) and len(first) == 4 and None not in first[2:] and list(size) != first[2:]:
+        return f"preprocess size {size} differs from the input's static H x W {first[2:]}"
+    rank = _TASK_OUTPUT_RANK.get(str(manifest.get("task")))
+    if rank is not None and len(manifest["outputs"][0]["shape"]) != rank:
+        return f"task {manifest['task']!r} has {rank}-D outputs, the graph's first is {manifest['outputs'][0]['shape']}"
+    return None
+
+
+def _shown(dims: list[int | None]) -> list[int | str]:
+    return [d if d is not None else "dynamic" for d in dims]
 
 
 def _is_tensor(entry: object) -> bool:

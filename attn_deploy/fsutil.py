@@ -84,6 +84,13 @@ def check_writable_dir(folder: str | os.PathLike[str], what: str = "--out") -> P
         raise ConfigError(f"{what} '{folder}' cannot be a folder: {where}; choose another {what}")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{what} '{folder}': '{existing}' is not writable; choose another {what}")
+    try:  # permission bits do not tell all (root, read-only mounts, /proc): create a file and see
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"{what} '{folder}': cannot write in '{existing}' ({exc.strerror}); choose another {what}"
+        ) from None
     return folder
 
 
@@ -165,12 +172,17 @@ def staging(parent: Path, name: str, kind: Literal["tmp", "new", "old"]) -> Iter
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(parent)
     prefix = f".{name}.{kind}-{os.getpid()}-"
-    if kind == "tmp":
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=parent)
-        os.close(fd)
-        path = Path(tmp)
-    else:
-        path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        if kind == "tmp":
+            fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=parent)
+            os.close(fd)
+            path = Path(tmp)
+        else:
+            path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    except OSError as exc:  # name what the user asked for, not the hidden staging entry
+        raise OSError(exc.errno, exc.strerror, str(parent / name)) from None
+    if kind == "new":  # mkdtemp's 0700 would become the finished folder's mode
+        os.chmod(path, DIR_MODE)
     key = path.resolve()
     _active[key] = made
     try:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from attn_deploy import fsutil
 from attn_deploy.cli import main
 from attn_deploy.data.detection_scenes import CLASS_NAMES, detection_scenes, write_detection_dataset
 from attn_deploy.data.yolo_dataset import letterboxed_boxes, load_data_yaml, load_split
@@ -43,6 +44,8 @@ def test_make_data_writes_ultralytics_layout_same_seed_same_files(tmp_path: Path
             assert f.read_bytes() == (tmp_path / "b" / "images" / split / f.name).read_bytes()
     dataset = load_data_yaml(tmp_path / "a" / "data.yaml")
     assert dataset.names == CLASS_NAMES and set(dataset.splits) == {"train", "val"}
+    # the finished folder gets the umask's mode, not the 0700 of the temporary folder it was staged in
+    assert (tmp_path / "a").stat().st_mode & 0o777 == fsutil.DIR_MODE
     images, boxes = load_split(dataset, "train", (64, 64))
     assert images.shape == (4, 64, 64, 3) and all(b.shape[1] == 5 for b in boxes)
     # nothing half-written on a refusal: an existing folder stays as it was

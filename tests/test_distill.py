@@ -226,6 +226,10 @@ def _corrupt_dir(root: Path) -> Path:
         ({"--steps": "0"}, "steps must be an integer from 1"),
         ({"--backbone-lr-factor": "0"}, "backbone_lr_factor must be a number in (0, 1]"),
         ({"--backbone-lr-factor": "nan"}, "backbone_lr_factor must be a number in (0, 1]"),
+        # the report's options: checked before training, not after it as a traceback
+        ({"--eval-images": "0"}, "--eval-images must be between 1 and"),
+        ({"--eval-images": "100000000"}, "--eval-images must be between 1 and"),
+        ({"--latency-runs": "0"}, "--latency-runs must be 1..10000"),
     ],
 )
 def test_cli_errors_are_one_line(

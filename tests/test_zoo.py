@@ -254,8 +254,11 @@ def test_default_weights_are_deterministic() -> None:
 
 @pytest.mark.slow
 def test_default_weights_are_the_same_in_another_process() -> None:
+    # at the same thread count: BN calibration's convolutions sum in a thread-dependent order (1 thread per
+    # pytest-xdist worker here, 2 in a bare process), which moves the 7th digit of the weights
     code = (
-        "import torch; from attn_deploy.models import create_model; "
+        f"import torch; torch.set_num_threads({torch.get_num_threads()}); "
+        "from attn_deploy.models import create_model; "
         "m = create_model('resnet18-se'); "
         "print(repr(sum(float(v.double().sum()) for v in m.state_dict().values())))"
     )
@@ -337,6 +340,19 @@ def test_missing_weights_file(tmp_path: Path) -> None:
     with pytest.raises(WeightsError) as exc:
         create_model("resnet18", weights=tmp_path)
     assert "is a folder" in _one_line(exc)
+
+
+@pytest.mark.parametrize(
+    ("name", "size"), [("resnet18-ema", 32), ("resnet18-simam", 32), ("resnet18-sparse", 64)]
+)
+def test_a_size_too_small_for_the_attention_is_refused_up_front(name: str, size: int) -> None:
+    """Below min_size the stride-32 map is too small for the attention: refused before any export work,
+    instead of a NaN or an exporter's error naming no option."""
+    with pytest.raises(InputError, match=f"{name} needs an input of at least"):
+        model_spec(name).check_size(size, size)
+    smallest = model_spec(name).min_size()
+    assert smallest is not None
+    model_spec(name).check_size(smallest, smallest)
 
 
 def test_a_legacy_pickle_is_one_error_without_torch_warnings(tmp_path: Path) -> None:

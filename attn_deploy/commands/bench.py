@@ -102,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
     precisions = parse_choices(args.precision, PRECISIONS, "precision")
     if args.model and args.attention:
         raise ConfigError("--attention goes with --arch (an attention cost table); --model names one model")
+    if args.model and args.seed_claims:
+        raise ConfigError(
+            "--seed-claims goes with --arch (claims vs measured per attention); --model names one model"
+        )
+    if args.cuda_graphs and "torch-cuda" not in backends:
+        raise ConfigError("--cuda-graphs replays the torch-cuda backend's forward; add --backends torch-cuda")
     arch = model_spec(args.arch).arch if args.arch else None
     if arch:
         names = [f"{arch}-{a}" for a in resolve_attentions(args.attention or "all")]

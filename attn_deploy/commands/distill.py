@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from attn_deploy.commands.bench import MAX_RUNS
+from attn_deploy.commands.validate import MAX_IMAGES
 from attn_deploy.display import console, progress_display, step_progress
 from attn_deploy.errors import ConfigError
 
@@ -85,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from attn_deploy.fsutil import check_writable_dir
     from attn_deploy.markdown import markdown_table
     from attn_deploy.models import create_model, model_spec
+    from attn_deploy.models.registry import check_count
     from attn_deploy.models.weights import read_state_dict
 
     teacher_spec, student_spec = model_spec(args.teacher), model_spec(args.student)
@@ -96,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
     teacher_spec.check_size(args.imgsz, args.imgsz)
     if args.latency_imgsz is not None:
         teacher_spec.check_size(args.latency_imgsz, args.latency_imgsz)
+    # the report's options too: a bad one used to surface as a traceback after the whole training
+    check_count(args.eval_images, (args.imgsz, args.imgsz), "--eval-images", MAX_IMAGES)
+    if not 1 <= args.latency_runs <= MAX_RUNS:
+        raise ConfigError(f"--latency-runs must be 1..{MAX_RUNS}, got {args.latency_runs}")
     if (args.images is None) == (args.data is None):
         raise ConfigError(
             "pass the images: --images (a folder or synthetic:...) or --data (a data.yaml), one"

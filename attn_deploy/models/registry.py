@@ -22,9 +22,10 @@ from attn_deploy.errors import ConfigError, InputError
 MAX_PIXELS = 1 << 28
 """Largest images x height x width held at once (3 GiB as float32 RGB)."""
 
-_MIN_POSITIONS = {"simam": 2, "sparse": 32}
+_MIN_POSITIONS = {"simam": 2, "sparse": 32, "ema": 2}
 """Attention that needs this many positions (H*W) on the coarsest feature map (stride 32 in the zoo):
-SimAM divides by H*W - 1 (NaN at 1x1), sparse attention keeps topk=32 positions."""
+SimAM divides by H*W - 1 (NaN at 1x1), sparse attention keeps topk=32 positions, EMA normalises each channel
+over its map (PyTorch's exporter refuses a 1x1 one)."""
 
 ATTN = "attn"
 """Name of every attention submodule in zoo models; state_dict keys holding it belong to attention."""
@@ -77,12 +78,19 @@ class ModelSpec:
 
     def check_size(self, height: int, width: int) -> None:
         """Raise ``InputError`` unless ``height`` and ``width`` are multiples of ``size_divisor`` in
-        ``MIN_SIDE..MAX_SIDE``."""
+        ``MIN_SIDE..MAX_SIDE`` and at least :meth:`min_size`."""
         if max(height, width) > MAX_SIDE:
             raise InputError(
                 f"input size {height}x{width} is larger than {MAX_SIDE}; use e.g. {self.input_size[0]}"
             )
         check_input_size(self.name, height, width, self.size_divisor)
+        smallest = self.min_size()
+        if smallest is not None and min(height, width) < smallest:
+            raise InputError(
+                f"{self.name} needs an input of at least {smallest}x{smallest} ({self.attention} needs "
+                f"{_MIN_POSITIONS[self.attention]} positions on the stride-32 feature map), got {height}x{width}; "
+                f"use --imgsz {smallest} or more"
+            )
 
     def min_size(self) -> int | None:
         """Smallest height/width (a multiple of ``size_divisor``) whose stride-32 feature map is big enough

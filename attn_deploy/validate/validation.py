@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attn_deploy.artifacts import load_artifact
+from attn_deploy.artifacts import REEXPORT, load_artifact
 from attn_deploy.backends.base import Runner
 from attn_deploy.backends.ort import OrtRunner
 from attn_deploy.backends.torch_runner import TorchRunner
@@ -121,6 +121,13 @@ def validate_artifact(
     candidate_runner = runner or OrtRunner(artifact.onnx_path)
     reference_runner = TorchRunner(model, [entry["name"]], output_names)
     result = compare_runners(reference_runner, candidate_runner, entry["name"], inputs, batch, on_batch)
+    for name in output_names:  # a manifest naming another model: its PyTorch outputs do not fit the graph's
+        ref, cand = result.reference()[name], result.candidate()[name]
+        if ref.shape != cand.shape:
+            raise InputError(
+                f"the manifest's model {manifest['model']!r} gives output '{name}' of shape {ref.shape}, "
+                f"{artifact.onnx_path.name} {cand.shape}: the manifest describes another model; {REEXPORT}"
+            )
     parity, checks, details = score(
         result.reference(), result.candidate(), manifest.get("task"), config.tolerances
     )
