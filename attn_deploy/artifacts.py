@@ -164,10 +164,8 @@ def _manifest_disagreement(manifest: dict[str, Any], graph: onnx.GraphProto) -> 
     """What a hand-edited manifest says that the graph does not (its sha256 only covers ``model.onnx``):
     tensor names, dtypes and static dims, the preprocess size of a static input, the task's output rank."""
     weights = {init.name for init in graph.initializer}
-    for key, values in (
-        ("inputs", [v for v in graph.input if v.name not in weights]),
-        ("outputs", graph.output),
-    ):
+    inputs = [v for v in graph.input if v.name not in weights]  # older IRs list the weights as inputs too
+    for key, values in (("inputs", inputs), ("outputs", graph.output)):
         claimed = manifest[key]
         if [t["name"] for t in claimed] != [v.name for v in values]:
             return f"{key} {[t['name'] for t in claimed]} are {[v.name for v in values]} in the graph"
@@ -179,13 +177,14 @@ def _manifest_disagreement(manifest: dict[str, Any], graph: onnx.GraphProto) -> 
                 for want, got in zip(entry["shape"], dims, strict=True)
             ):
                 return f"{entry['name']} has shape {entry['shape']}, the graph's is {_shown(dims)}"
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+            try:
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+            except (KeyError, ValueError):  # a type numpy has no name for: nothing to compare
+                dtype = entry.get("dtype")
             if "dtype" in entry and entry["dtype"] != dtype:
                 return f"{entry['name']} is {entry['dtype']!r}, the graph's is {dtype!r}"
     size = (manifest.get("preprocess") or {}).get("size")
-    first = [
-        d.dim_value if d.HasField("dim_value") else None for d in graph.input[0].type.tensor_type.shape.dim
-    ]
+    first = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
     if isinstance(size, list) and len(first) == 4 and None not in first[2:] and list(size) != first[2:]:
         return f"preprocess size {size} differs from the input's static H x W {first[2:]}"
     rank = _TASK_OUTPUT_RANK.get(str(manifest.get("task")))
