@@ -290,9 +290,10 @@ def test_idle_keep_alive_connection_is_closed_and_tritonclient_reconnects(server
 
 
 def test_bodies_over_the_limit_are_413_chunked_and_gzip_bombs_included(server: BackgroundServer) -> None:
+    # tiny-fpn takes any H/W: nothing bounds its inputs, so the server's 1 MB limit applies
     bomb = gzip.compress(b"0" * 20_000_000)  # 20 MB inflated, ~20 kB on the wire, 1 MB limit
     status, body, headers = http_request(
-        server.port, "POST", _infer_path(), bomb, {"Content-Encoding": "gzip"}
+        server.port, "POST", _infer_path(FPN), bomb, {"Content-Encoding": "gzip"}
     )
     _error(status, body, headers, 413, "over the 1 MB limit")
 
@@ -302,13 +303,29 @@ def test_bodies_over_the_limit_are_413_chunked_and_gzip_bombs_included(server: B
 
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
-        conn.request("POST", _infer_path(), body=chunks(), encode_chunked=True)
+        conn.request("POST", _infer_path(FPN), body=chunks(), encode_chunked=True)
         response = conn.getresponse()
         _error(response.status, response.read(), dict(response.getheaders()), 413, "over the 1 MB limit")
     except (BrokenPipeError, ConnectionResetError):
         pass  # the server may close before the client has sent every chunk; the 413 test above holds
     finally:
         conn.close()
+    _still_serving(server)
+
+
+def test_a_body_larger_than_the_model_can_need_is_413_before_parsing(server: BackgroundServer) -> None:
+    """tiny-gate takes at most 8 x 3 x 16 x 16 numbers: a body beyond what they can take as JSON (64 bytes a
+    number) is refused by its size, before a parse that would hold the event loop (a 59 MB JSON body held health
+    checks for 3.8 s). The largest valid request, pretty-printed, still fits and runs."""
+    rng = np.random.default_rng(0)
+    longest = (-rng.random((8, *INPUT_SHAPE)) * 1e-5).astype(np.float32)  # "-1.2345678e-06": long reprs
+    entry = {"name": "images", "shape": list(longest.shape), "datatype": "FP32", "data": longest.tolist()}
+    pretty = json.dumps({"inputs": [entry]}, indent=2).encode()  # each number on its own indented line
+    status, body, headers = http_request(server.port, "POST", _infer_path(), pretty)
+    assert status == 200, body
+    padded = pretty[:-1] + b" " * (512 * 1024) + b"}"  # still valid JSON, 0.5 MB of nothing
+    status, body, headers = http_request(server.port, "POST", _infer_path(), padded)
+    _error(status, body, headers, 413, "that model 'tiny-gate' can need")
     _still_serving(server)
 
 
@@ -319,7 +336,7 @@ def test_a_rejected_bomb_costs_about_the_limit_and_is_freed_at_once(server: Back
     256 KiB piece of the limit and keeps nothing. Python allocations only (tracemalloc, every thread), so the
     numbers do not depend on the CPU: measured 4 MB peak and 0.9 MB left for the 5 bombs."""
     bomb = gzip.compress(b"0" * 20_000_000)
-    http_request(server.port, "POST", _infer_path(), bomb, {"Content-Encoding": "gzip"})  # warm-up
+    http_request(server.port, "POST", _infer_path(FPN), bomb, {"Content-Encoding": "gzip"})  # warm-up
     gc.collect()
     gc.disable()
     tracemalloc.start()
@@ -327,7 +344,7 @@ def test_a_rejected_bomb_costs_about_the_limit_and_is_freed_at_once(server: Back
         before = tracemalloc.get_traced_memory()[0]
         for _ in range(5):
             status, body, headers = http_request(
-                server.port, "POST", _infer_path(), bomb, {"Content-Encoding": "gzip"}
+                server.port, "POST", _infer_path(FPN), bomb, {"Content-Encoding": "gzip"}
             )
             _error(status, body, headers, 413, "over the 1 MB limit")
         after, peak = tracemalloc.get_traced_memory()

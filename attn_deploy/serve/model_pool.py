@@ -21,7 +21,7 @@ from attn_deploy.serve.labels import class_names
 from attn_deploy.serve.metrics import ModelMetrics
 from attn_deploy.serve.model_config import ONNX_PLATFORM, build_model_config
 from attn_deploy.serve.protocol import ProtocolError
-from attn_deploy.serve.signature import ModelSignature, read_signature
+from attn_deploy.serve.signature import DYNAMIC, ModelSignature, element_count, read_signature
 from attn_deploy.serve.sources import load_sources
 
 MODEL_VERSION = "1"
@@ -74,6 +74,13 @@ class ServeOptions:
         return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.threads)
 
 
+JSON_BYTES_PER_NUMBER = 64
+"""Most bytes one number takes in a JSON request: 24 for the longest float repr, its comma, and the indentation
+of a pretty-printed nested list (json.dumps(indent=2) of a 4-D tensor: ~40)."""
+HEADER_ALLOWANCE = 64 * 1024
+"""Room for a request's names, parameters and whitespace besides its numbers."""
+
+
 def _clip(text: str, limit: int = 100) -> str:
     """A client-supplied name as errors echo it: at most ``limit`` characters."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -105,6 +112,19 @@ class ServedModel:
             max_delay_s=options.max_delay_ms / 1000,
             on_execution=self.metrics.record_execution,
         )
+
+    @property
+    def max_request_bytes(self) -> int | None:
+        """The largest body a valid request can have: every input at its largest (batch up to
+        ``max_batch_size``) as JSON, :data:`JSON_BYTES_PER_NUMBER` each, plus a header allowance; ``None`` when an
+        input has a dimension nothing bounds (dynamic H/W, or a dynamic batch without batching)."""
+        total = 0
+        for spec in self.signature.inputs:
+            dims = [self.max_batch if i == 0 and d == DYNAMIC else d for i, d in enumerate(spec.shape)]
+            if any(d in (DYNAMIC, 0) for d in dims):
+                return None
+            total += element_count(dims)
+        return total * JSON_BYTES_PER_NUMBER + HEADER_ALLOWANCE
 
     def check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
         """Refuse (ProtocolError, HTTP 400) what the model cannot run: batches over ``max_batch_size``,

@@ -225,15 +225,25 @@ class V2Server:
         text = render_prometheus(m.metrics for m in self.pool.models.values())
         return web.Response(body=text.encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
-    def _too_large(self) -> PayloadTooLargeError:
-        return PayloadTooLargeError(
+    def _body_limit(self, model: ServedModel) -> tuple[int, PayloadTooLargeError]:
+        """The most bytes a request for ``model`` may send, and the error past it: the server's limit, or less
+        where the model's inputs are bounded (a larger body cannot be a valid request, and parsing a large JSON
+        body holds the event loop: 3 s for 60 MB)."""
+        need = model.max_request_bytes
+        if need is not None and need < self.max_body_bytes:
+            return need, PayloadTooLargeError(
+                f"request body is over the {need / 1e6:.1f} MB that model '{model.name}' can need (its inputs at "
+                "most, as JSON); send only the model's inputs"
+            )
+        return self.max_body_bytes, PayloadTooLargeError(
             f"request body is over the {self.pool.options.max_body_mb:g} MB limit; "
             "send fewer items per request or raise --max-body-mb"
         )
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        if request.content_length is not None and request.content_length > self.max_body_bytes:
-            raise self._too_large()
+    async def _read_body(self, request: web.Request, model: ServedModel) -> bytes:
+        limit, too_large = self._body_limit(model)
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
         if request.content_type.startswith("multipart/"):
             raise UnsupportedMediaTypeError(
                 f"Content-Type {request.content_type} is not supported; send the inference request as "
@@ -247,7 +257,7 @@ class V2Server:
         timeout = self.pool.options.body_timeout_s
         try:
             async with asyncio.timeout(timeout):
-                body = await self._read_bounded(request.content)
+                body = await self._read_bounded(request.content, limit)
         except web.RequestPayloadError as exc:  # a body that does not decode or ends early
             message = " ".join(str(exc).split()).removeprefix("400, message: ")
             raise ProtocolError(f"cannot read the request body: {message}") from None
@@ -256,17 +266,17 @@ class V2Server:
                 f"request body not received within {timeout:g} s; send the whole body promptly"
             ) from None
         if body is None:
-            raise self._too_large()
+            raise too_large
         return body
 
-    async def _read_bounded(self, content: StreamReader) -> bytes | None:
+    async def _read_bounded(self, content: StreamReader, limit: int) -> bytes | None:
         """The body, or None once it passes the limit. Read (and, for gzip/deflate, inflated) in aiohttp's
         small chunks, so an over-limit body costs at most the limit plus one chunk of memory, and that is
         freed on return (aiohttp's ``request.read()`` inflates in limit-sized chunks, and the exception it
         raises kept the buffer alive in a reference cycle until the next garbage collection)."""
         body = bytearray()
         while chunk := await content.readany():
-            if len(body) + len(chunk) > self.max_body_bytes:
+            if len(body) + len(chunk) > limit:
                 return None
             body += chunk
         return bytes(body)
@@ -276,7 +286,7 @@ class V2Server:
         self._check_ready()
         started = time.perf_counter()
         try:
-            body = await self._read_body(request)
+            body = await self._read_body(request, model)
             header_length = parse_header_length(request.headers.get(HEADER_LENGTH))
             decoded = decode_infer_request(body, header_length, model.signature)
             model.check_inputs(decoded.inputs)
