@@ -8,6 +8,7 @@ Torch-free and light (rich only). No stage room imports it: the library returns 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -97,7 +98,9 @@ def check_json_target(target: str | None) -> None:
         return
     if os.path.isdir(target):
         raise ConfigError(f"--json '{target}' is a folder; give a file path, e.g. result.json")
-    fsutil.check_writable_dir(os.path.dirname(os.path.abspath(target)), "--json")
+    written = fsutil.write_target(target, "--json")  # a link is checked where it points
+    if not _is_stream(written):
+        fsutil.check_writable_dir(os.path.dirname(written), "--json")
 
 
 def _is_stream(target: str) -> bool:
@@ -119,10 +122,14 @@ def emit_json(data: Any, target: str) -> None:
         sys.stdout.flush()
     elif _is_stream(target):
         try:
-            with open(target, "w", encoding="utf-8") as stream:
+            # a pipe nobody reads would block for ever: opened without waiting, it is ENXIO instead
+            fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK)
+            os.set_blocking(fd, True)
+            with os.fdopen(fd, "w", encoding="utf-8") as stream:
                 stream.write(text)
         except OSError as exc:
-            raise ConfigError(f"cannot write --json '{target}': {exc.strerror}") from None
+            reason = "no process reads the pipe" if exc.errno == errno.ENXIO else exc.strerror
+            raise ConfigError(f"cannot write --json '{target}': {reason}") from None
         console.print(f"wrote {escape(target)}", highlight=False)
     else:
         console.print(f"wrote {escape(str(fsutil.write_text(target, text)))}", highlight=False)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -273,13 +274,26 @@ FILE_MODE = 0o666 & ~_current_umask()
 DIR_MODE = 0o777 & ~_current_umask()
 
 
+def write_target(path: str | os.PathLike[str], what: str = "the output") -> str:
+    """The file a write to ``path`` lands in: ``path``, or where a symbolic link at it points (a dangling one
+    too). A link loop is a one-line ``ConfigError`` naming ``what``: a shell redirection fails there as well."""
+    if not os.path.islink(path):
+        return os.path.abspath(path)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{what} '{path}' is a loop of symbolic links; give a file path") from None
+    return os.path.realpath(path)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
 
     A symbolic link is written through (its target is replaced, the link stays); a device, pipe or socket at
     ``path`` is a one-line ``ConfigError``: the rename would replace the node itself with a file."""
-    target = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    target = Path(write_target(path))
     if target.exists() and not (target.is_file() or target.is_dir()):
         raise ConfigError(f"'{path}' is a device, pipe or socket, not a file; give a file path")
     with staging(target.parent, target.name, "tmp") as tmp_path:

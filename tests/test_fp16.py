@@ -184,3 +184,33 @@ def test_zoo_model_keeps_cosine(tmp_path):
     assert any("InstanceNormalization" in reason for reason in report.fp32_nodes.values())
     parity = compare_outputs([model(x).detach().numpy()], [_ort(mixed, x.numpy())])
     assert parity.cosine >= 0.9999, parity
+
+
+def test_range_stays_float32_as_onnx_defines_it() -> None:
+    """A dynamic YOLO export builds its anchor grid with a float Range over the feature size; ONNX defines no
+    float16 Range, so converting it made every FP16 dynamic YOLO export (and trt-fp16-dynamic) fail."""
+    from onnx import TensorProto, helper
+
+    size = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Cast", ["shape"], ["limit_1d"], to=TensorProto.FLOAT),
+        helper.make_node("Squeeze", ["limit_1d"], ["limit"]),
+        helper.make_node("Range", ["zero", "limit", "one"], ["grid"]),
+        helper.make_node("Mul", ["grid", "x"], ["y"]),
+    ]
+    inits = [
+        onnx.numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("zero", 0.0), ("one", 1.0))
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [size], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])], inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    converted, report = convert_fp16(model)
+    (range_node,) = [n for n in converted.graph.node if n.op_type == "Range"]
+    assert range_node.name in report.fp32_nodes
+    x = np.arange(5, dtype=np.float32)
+    (y,) = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
+    np.testing.assert_array_equal(y, x * x)  # small integers: exact in FP16

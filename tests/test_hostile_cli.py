@@ -116,6 +116,13 @@ def _a_file(tmp: Path) -> str:
     return _write("a-file", "x")(tmp)
 
 
+def _link_to_proc(tmp: Path) -> str:
+    """A symbolic link to a file in /proc: checked where it points, before the work."""
+    link = tmp / "result.json"
+    link.symlink_to("/proc/attn-deploy-test.json")
+    return str(link)
+
+
 EXPORT = ["export", "--model", MODEL, "--imgsz", "64"]
 CASES: list[tuple[str, list[str | Callable[[Path], str]], str]] = [
     ("imgsz-huge", ["export", "--model", MODEL, "--imgsz", "100000"], "larger than 4096"),
@@ -173,6 +180,7 @@ CASES: list[tuple[str, list[str | Callable[[Path], str]], str]] = [
     # a folder nobody can create files in, whatever its permission bits say to root: refused before the work
     ("validate-json-proc", ["validate", "{artifact}", "--json", "/proc/x.json"], "choose another --json"),
     ("bench-out-proc", ["bench", "--model", MODEL, "--out", "/proc/nope"], "choose another --out"),
+    ("validate-json-link-proc", ["validate", "{artifact}", "--json", _link_to_proc], "choose another --json"),
     ("bench-out-file", ["bench", "--model", MODEL, "--out", _a_file], "is a file"),
     ("bench-attention", ["bench", "--arch", "resnet18", "--attention", "nope"], "unknown attention"),
     ("bench-arch", ["bench", "--arch", "resnet7"], "unknown model"),
@@ -271,8 +279,6 @@ def test_a_write_replaces_only_its_own_artifact(tmp_path: Path) -> None:
 def test_json_into_a_link_or_a_pipe_never_replaces_it(tmp_path: Path, capsys) -> None:
     """``--json`` onto a symbolic link writes its target; onto a FIFO (as onto /dev/null or /dev/stderr) writes
     into it. The atomic rename used to put a regular file in place of either (as root, of /dev/null itself)."""
-    import threading
-
     from attn_deploy import fsutil
 
     (tmp_path / "target.json").write_text("{}")
@@ -283,12 +289,19 @@ def test_json_into_a_link_or_a_pipe_never_replaces_it(tmp_path: Path, capsys) ->
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    received: list[str] = []
-    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
-    reader.start()
-    assert main(["list", "--arch", "resnet18", "--json", str(fifo)]) == 0
-    reader.join(timeout=30)
-    assert fifo.is_fifo() and json.loads(received[0])["models"]
+    assert main(["list", "--arch", "resnet18", "--json", str(fifo)]) == 2  # nobody reads: refused, no hang
+    assert "no process reads the pipe" in capsys.readouterr().err
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the JSON (a few kB) fits the pipe's buffer
+    try:
+        assert main(["list", "--arch", "resnet18", "--json", str(fifo)]) == 0
+        assert fifo.is_fifo() and json.loads(os.read(reader, 1 << 20))["models"]
+    finally:
+        os.close(reader)
+    (tmp_path / "loop-a").symlink_to("loop-b")
+    (tmp_path / "loop-b").symlink_to("loop-a")
+    assert main(["list", "--json", str(tmp_path / "loop-a")]) == 2
+    assert "is a loop of symbolic links" in capsys.readouterr().err
+    assert (tmp_path / "loop-a").is_symlink()
     capsys.readouterr()
 
     with pytest.raises(ConfigError, match="is a device, pipe or socket, not a file"):

@@ -343,16 +343,22 @@ def test_missing_weights_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "size"), [("resnet18-ema", 32), ("resnet18-simam", 32), ("resnet18-sparse", 64)]
+    ("name", "small", "enough"),
+    [
+        ("resnet18-ema", (32, 32), (33, 33)),
+        ("resnet18-simam", (32, 32), (32, 64)),  # 1x2 on the stride-32 map: 2 positions, not square
+        ("resnet18-sparse", (64, 64), (128, 320)),  # 4x10: 40 positions >= its top-k of 32
+        ("yolov8n-ema", (32, 32), (32, 64)),
+    ],
 )
-def test_a_size_too_small_for_the_attention_is_refused_up_front(name: str, size: int) -> None:
-    """Below min_size the stride-32 map is too small for the attention: refused before any export work,
-    instead of a NaN or an exporter's error naming no option."""
-    with pytest.raises(InputError, match=f"{name} needs an input of at least"):
-        model_spec(name).check_size(size, size)
-    smallest = model_spec(name).min_size()
-    assert smallest is not None
-    model_spec(name).check_size(smallest, smallest)
+def test_a_size_too_small_for_the_attention_is_refused_up_front(
+    name: str, small: tuple[int, int], enough: tuple[int, int]
+) -> None:
+    """Below the positions its attention needs on the stride-32 map, an input is refused before any export
+    work (was a NaN or an exporter's error naming no option); non-square inputs count positions, not sides."""
+    with pytest.raises(InputError, match=rf"{name} needs \d+ positions on its stride-32 feature map"):
+        model_spec(name).check_size(*small)
+    model_spec(name).check_size(*enough)
 
 
 def test_a_legacy_pickle_is_one_error_without_torch_warnings(tmp_path: Path) -> None:

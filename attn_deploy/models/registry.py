@@ -22,10 +22,12 @@ from attn_deploy.errors import ConfigError, InputError
 MAX_PIXELS = 1 << 28
 """Largest images x height x width held at once (3 GiB as float32 RGB)."""
 
-_MIN_POSITIONS = {"simam": 2, "sparse": 32, "ema": 2}
+_MIN_POSITIONS = {"simam": 2, "sparse": 32}
 """Attention that needs this many positions (H*W) on the coarsest feature map (stride 32 in the zoo):
-SimAM divides by H*W - 1 (NaN at 1x1), sparse attention keeps topk=32 positions, EMA normalises each channel
-over its map (PyTorch's exporter refuses a 1x1 one)."""
+SimAM divides by H*W - 1 (NaN at 1x1), sparse attention keeps topk=32 positions."""
+_TRACE_MIN_POSITIONS = {**_MIN_POSITIONS, "ema": 2}
+"""What exporting needs besides: EMA normalises each channel over its map, and PyTorch's exporter refuses a 1x1
+one (the exported graph runs one; so servers take any size)."""
 
 ATTN = "attn"
 """Name of every attention submodule in zoo models; state_dict keys holding it belong to attention."""
@@ -84,24 +86,19 @@ class ModelSpec:
                 f"input size {height}x{width} is larger than {MAX_SIDE}; use e.g. {self.input_size[0]}"
             )
         check_input_size(self.name, height, width, self.size_divisor)
-        smallest = self.min_size()
-        if smallest is not None and min(height, width) < smallest:
+        needed = _TRACE_MIN_POSITIONS.get(self.attention)
+        positions = -(-height // 32) * -(-width // 32)  # the stride-32 map of the zoo's networks
+        if needed is not None and positions < needed:
             raise InputError(
-                f"{self.name} needs an input of at least {smallest}x{smallest} ({self.attention} needs "
-                f"{_MIN_POSITIONS[self.attention]} positions on the stride-32 feature map), got {height}x{width}; "
-                f"use --imgsz {smallest} or more"
+                f"{self.name} needs {needed} positions on its stride-32 feature map ({self.attention}); "
+                f"{height}x{width} gives {positions}: use a larger --imgsz, e.g. {_side_for(needed, self.size_divisor)}"
             )
 
     def min_size(self) -> int | None:
         """Smallest height/width (a multiple of ``size_divisor``) whose stride-32 feature map is big enough
         for the attention (``None``: global pooling, any size runs)."""
         positions = _MIN_POSITIONS.get(self.attention)
-        if positions is None:
-            return None
-        cells = 1
-        while cells * cells < positions:
-            cells += 1
-        return -(-(32 * (cells - 1) + 1) // self.size_divisor) * self.size_divisor
+        return None if positions is None else _side_for(positions, self.size_divisor)
 
     def preprocess_info(self, size: tuple[int, int]) -> dict[str, Any]:
         """The manifest's ``preprocess`` block at input ``size`` (H, W): how raw images become the model's input.
@@ -185,6 +182,14 @@ def check_input_size(model: str, height: int, width: int, divisor: int) -> None:
             f"{model} needs input height and width that are {what}, got {height}x{width}; "
             f"resize or letterbox to e.g. {up(height)}x{up(width)}"
         )
+
+
+def _side_for(positions: int, divisor: int) -> int:
+    """Smallest square side (a multiple of ``divisor``) whose stride-32 map has ``positions`` cells."""
+    cells = 1
+    while cells * cells < positions:
+        cells += 1
+    return -(-(32 * (cells - 1) + 1) // divisor) * divisor
 
 
 def check_count(count: int, size: tuple[int, int], what: str, limit: int = MAX_BATCH) -> int:

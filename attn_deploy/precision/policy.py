@@ -29,8 +29,9 @@ REDUCE_OPS = ("ReduceMean", "ReduceSum")
 POOL_REDUCTIONS = ("ReduceMean", "GlobalAveragePool")
 # Elementwise steps between a variance and the normalizing division: + eps, sqrt, 1/x, scaling by constants.
 STAT_CHAIN_OPS = ("Add", "Sub", "Mul", "Div", "Sqrt", "Reciprocal", "Pow", "Max", "Clip", "Cast")
-# Ops whose float inputs ONNX defines as float32 only: never converted.
-FP32_ONLY_OPS = ("NonMaxSuppression",)
+# Ops whose float inputs ONNX defines without float16 (NonMaxSuppression: float32 only; Range: float, double
+# and integers, which a dynamic YOLO export's anchor grid uses): never converted.
+FP32_ONLY_OPS = ("NonMaxSuppression", "Range")
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
@@ -39,7 +40,7 @@ def fp32_nodes(view: GraphView, config: Fp16Config) -> dict[str, str]:
     keep: dict[str, str] = {}
     for node in view.graph.node:
         if node.op_type in FP32_ONLY_OPS:
-            keep[node.name] = "defined for float32 only"
+            keep[node.name] = "ONNX defines no float16 form of it"
         elif node.op_type in config.keep_fp32_ops:
             keep[node.name] = f"{node.op_type} kept FP32 (fp16.keep_fp32_ops)"
         elif node.domain not in ("", "ai.onnx"):
