@@ -117,11 +117,11 @@ class ServedModel:
     def max_request_bytes(self) -> int | None:
         """The largest body a valid request can have: every input at its largest (batch up to
         ``max_batch_size``) as JSON, :data:`JSON_BYTES_PER_NUMBER` each, plus a header allowance; ``None`` when an
-        input has a dimension nothing bounds (dynamic H/W, or a dynamic batch without batching)."""
+        input has a dimension nothing bounds (dynamic H/W, or a dynamic batch without batching) or holds strings."""
         total = 0
         for spec in self.signature.inputs:
             dims = [self.max_batch if i == 0 and d == DYNAMIC else d for i, d in enumerate(spec.shape)]
-            if any(d in (DYNAMIC, 0) for d in dims):
+            if any(d in (DYNAMIC, 0) for d in dims) or spec.datatype == "BYTES":
                 return None
             total += element_count(dims)
         return total * JSON_BYTES_PER_NUMBER + HEADER_ALLOWANCE

@@ -225,17 +225,17 @@ class V2Server:
         text = render_prometheus(m.metrics for m in self.pool.models.values())
         return web.Response(body=text.encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
-    def _body_limit(self, model: ServedModel) -> tuple[int, PayloadTooLargeError]:
-        """The most bytes a request for ``model`` may send, and the error past it: the server's limit, or less
+    def _body_limit(self, model: ServedModel) -> tuple[int, str]:
+        """The most bytes a request for ``model`` may send, and what to say past it: the server's limit, or less
         where the model's inputs are bounded (a larger body cannot be a valid request, and parsing a large JSON
         body holds the event loop: 3 s for 60 MB)."""
         need = model.max_request_bytes
         if need is not None and need < self.max_body_bytes:
-            return need, PayloadTooLargeError(
+            return need, (
                 f"request body is over the {need / 1e6:.1f} MB that model '{model.name}' can need (its inputs at "
                 "most, as JSON); send only the model's inputs"
             )
-        return self.max_body_bytes, PayloadTooLargeError(
+        return self.max_body_bytes, (
             f"request body is over the {self.pool.options.max_body_mb:g} MB limit; "
             "send fewer items per request or raise --max-body-mb"
         )
@@ -243,7 +243,7 @@ class V2Server:
     async def _read_body(self, request: web.Request, model: ServedModel) -> bytes:
         limit, too_large = self._body_limit(model)
         if request.content_length is not None and request.content_length > limit:
-            raise too_large
+            raise PayloadTooLargeError(too_large)
         if request.content_type.startswith("multipart/"):
             raise UnsupportedMediaTypeError(
                 f"Content-Type {request.content_type} is not supported; send the inference request as "
@@ -266,7 +266,7 @@ class V2Server:
                 f"request body not received within {timeout:g} s; send the whole body promptly"
             ) from None
         if body is None:
-            raise too_large
+            raise PayloadTooLargeError(too_large)
         return body
 
     async def _read_bounded(self, content: StreamReader, limit: int) -> bytes | None:
