@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import io
 import logging
+import math
 import os
 import time
 import warnings
@@ -36,14 +37,16 @@ from torch import nn
 from attn_deploy import fsutil
 from attn_deploy.backends.ort import make_session
 from attn_deploy.backends.torch_runner import flatten_outputs
+from attn_deploy.config import check_opset
 from attn_deploy.errors import (
     AttnDeployError,
+    ConfigError,
     ExportError,
     StaticShapeError,
     UnsupportedOpError,
     exception_summary,
 )
-from attn_deploy.export.lint import LintIssue, lint_tensorrt
+from attn_deploy.export.lint import LintIssue, lint_tensorrt, opset_of
 from attn_deploy.export.ort_passes import apply_graph_passes
 from attn_deploy.export.shapes import (
     DIM_NAMES,
@@ -110,6 +113,40 @@ class _StageTimer:
 
 def _as_tuple(sample: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     return (sample,) if isinstance(sample, torch.Tensor) else tuple(sample)
+
+
+def _check_arguments(
+    model: object,
+    samples: tuple[object, ...],
+    path: object,
+    opset: object,
+    tolerances: dict[str, object],
+    names: list[str],
+) -> None:
+    """What the caller passed, checked before any work: a one-line ``ConfigError`` naming the argument (a bare
+    TypeError deep in torch, or an export that claims an opset it did not write, otherwise)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module instance, got {type(model).__name__}")
+    if not samples or not all(isinstance(t, torch.Tensor) for t in samples):
+        got = ", ".join(type(t).__name__ for t in samples) or "nothing"
+        raise ConfigError(f"sample must be a torch.Tensor or a tuple of them, got {got}")
+    tensors = [t for t in samples if isinstance(t, torch.Tensor)]
+    if any(t.dim() == 0 or t.shape[0] < 1 for t in tensors):
+        raise ConfigError(
+            f"every sample needs a batch of at least 1, got {[tuple(t.shape) for t in tensors]}"
+        )
+    if not isinstance(path, str | os.PathLike) or not str(path).strip() or os.path.isdir(path):
+        raise ConfigError(f"path must name an .onnx file to write, got {path!r}")
+    fsutil.check_writable_dir(os.path.dirname(os.path.abspath(path)), "path")
+    if not isinstance(opset, int) or isinstance(opset, bool):
+        raise ConfigError(f"opset must be an integer 17..20, got {opset!r}")
+    check_opset(opset)
+    for key, value in tolerances.items():
+        high = 1.0 if key == "min_cosine" else math.inf
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= high:
+            raise ConfigError(f"{key} must be a number in 0..{high:g}, got {value!r}")
+    if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"input and output names must be distinct non-empty strings, got {names}")
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -467,6 +504,9 @@ def export_onnx(
         ExportError: any other failure; nothing is written.
     """
     started = time.perf_counter()
+    given = tuple(sample) if isinstance(sample, list | tuple) else (sample,)
+    tolerances = {"atol": atol, "rtol": rtol, "min_cosine": min_cosine}
+    _check_arguments(model, given, path, opset, tolerances, [*(input_names or []), *(output_names or [])])
     timer = _StageTimer(on_stage)
     timer.start("trace")
     model = model.eval()
@@ -485,12 +525,13 @@ def export_onnx(
             f"{len(in_names)} input names for {len(samples)} inputs / {len(out_names)} output names for "
             f"{n_out} outputs; pass one name per tensor"
         )
+    if len(set(in_names + out_names)) != len(in_names) + len(out_names):
+        raise ConfigError(f"input and output names must be distinct, got {in_names} and {out_names}")
     axes = [dynamic_axes_for(s, dynamic_batch, dynamic_hw) for s in samples]
     shapes = verification_shapes(tuple(samples[0].shape), dynamic_batch, dynamic_hw)
     cases = _verification_cases(model, samples, reference, shapes) if verify else []
     if verify and len(shapes) > 1 and _count_shapes(cases) < 3:
         raise _refuse_static(model, samples, shapes[1:], dynamic_hw)
-    tolerances = {"atol": atol, "rtol": rtol, "min_cosine": min_cosine}
     # torch.export specialises size-1 dims (0/1 specialisation): trace a dynamic batch at batch 2.
     traced = tuple(torch.cat([s, s]) if dynamic_batch and s.shape[0] == 1 else s for s in samples)
     failures: list[ExportError] = []
@@ -502,6 +543,12 @@ def export_onnx(
             raise  # a rule's refusal holds for every exporter
         except ExportError as exc:
             failures.append(exc)
+            proto = None
+        actual = opset_of(proto) if proto is not None else opset
+        if (
+            actual != opset
+        ):  # onnxscript's down-conversion can fail and leave its own: the next exporter may not
+            failures.append(ExportError(f"the {exporter} exporter wrote opset {actual}, not {opset}"))
             proto = None
         if verify and exporter == EXPORTERS[0]:  # once, across the trace: per-call state shows up here
             _check_deterministic(reference, _forward(model, samples), tuple(samples[0].shape))

@@ -11,6 +11,7 @@ only; the export itself is verified against PyTorch (and an FP16/INT8 graph chec
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -58,22 +59,34 @@ def export_artifact(
     was trained with. ``name`` (default: the folder's parent, as in ``engines/<model>/<target>``) is the model
     name of the manifest, `serve` and Triton; outputs are named ``output_names`` (default output0, output1...).
     """
+    _check_arguments(model, sample, task, mean, std, dynamic_batch=dynamic_batch, dynamic_hw=dynamic_hw,
+                     letterbox=letterbox)  # fmt: skip
     if precision not in (None, "fp32", "fp16", "int8"):
         raise ConfigError(f"precision must be fp32, fp16 or int8, got {precision!r}")
-    if not isinstance(sample, torch.Tensor) or sample.dim() != 4 or sample.shape[1] != 3:
-        shape = tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample).__name__
-        raise ConfigError(f"sample must be an image batch tensor (N, 3, H, W), got {shape}")
     out = check_destination(out_dir)
+    if name is not None and not str(name).strip():
+        raise ConfigError("name is empty; give the model a name, or None for the folder's parent")
     name = check_name(name or out.resolve().parent.name, "name")
+    dynamic = dynamic_batch or dynamic_hw
     if isinstance(config, ExportConfig):
+        if (precision is not None and precision != config.precision) or (
+            dynamic and not config.dynamic.batch
+        ):
+            raise ConfigError(
+                f"config {config.name!r} decides precision ({config.precision}) and dynamic shapes; drop "
+                "precision=/dynamic_batch=/dynamic_hw=, or pass a config that has them"
+            )
         resolved = config
     else:
-        dynamic = dynamic_batch or dynamic_hw
         resolved = resolve_export_config(config, precision, dynamic=dynamic, dynamic_hw=dynamic_hw)
+    if calib_dir is not None and resolved.precision != "int8":
+        raise ConfigError(f"calib_dir calibrates INT8; the config {resolved.name!r} is {resolved.precision}")
     model = model.eval()
     if output_names is None:
-        with torch.inference_mode():
-            count = len(flatten_outputs(model(sample)))
+        with (
+            torch.inference_mode()
+        ):  # on a copy: a model that writes into its input leaves the caller's alone
+            count = len(flatten_outputs(model(sample.detach().clone())))
         output_names = [f"output{i}" for i in range(count)]
     size = (int(sample.shape[2]), int(sample.shape[3]))
     preprocess = PreprocessSpec("letterbox" if letterbox else "resize_crop", size, tuple(mean), tuple(std))
@@ -91,3 +104,33 @@ def export_artifact(
     )
     stage = precision_stage(resolved, io, calib_dir, on_stage)
     return write_artifact(model, sample, out, request, on_stage=on_stage, precision_stage=stage)
+
+
+def _check_arguments(
+    model: object, sample: object, task: object, mean: object, std: object, **flags: object
+) -> None:
+    """The arguments, checked before any work: one-line ``ConfigError``s, not a manifest that fails to load."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module instance, got {type(model).__name__}")
+    if not (
+        isinstance(sample, torch.Tensor) and sample.dim() == 4 and sample.shape[1] == 3 and sample.shape[0]
+    ):
+        shape = tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample).__name__
+        raise ConfigError(f"sample must be an image batch tensor (N >= 1, 3, H, W), got {shape}")
+    if not sample.is_floating_point():
+        raise ConfigError(
+            f"sample must be a float tensor (RGB scaled as the model expects), got {sample.dtype}"
+        )
+    if task not in (None, "classify", "detect"):
+        raise ConfigError(f"task must be 'classify', 'detect' or None, got {task!r}")
+    for key, values in (("mean", mean), ("std", std)):
+        numbers = list(values) if isinstance(values, list | tuple) else []
+        ok = len(numbers) == 3 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in numbers
+        )
+        if not ok or (key == "std" and min(numbers) <= 0):
+            raise ConfigError(f"{key} must be 3 finite numbers (per RGB channel{', > 0' if key == 'std' else ''}), "
+                              f"got {values!r}")  # fmt: skip
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be True or False, got {value!r}")
