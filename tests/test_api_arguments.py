@@ -85,3 +85,16 @@ def test_export_artifact_leaves_the_callers_sample_alone(tmp_path: Path) -> None
     sample = torch.ones(1, 3, 16, 16)
     export_artifact(WritesInput(), sample, tmp_path / "inplace" / "ort-fp32")
     assert float(sample.max()) == 1.0  # its output count was found on the caller's tensor, which doubled it
+
+
+def test_names_and_channels_of_the_wrong_type_are_one_line() -> None:
+    from attn_deploy import create_attention, create_model
+    from attn_deploy.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="a model name is a string"):
+        create_model(None)  # type: ignore[arg-type]
+    with pytest.raises(ModelNotFoundError, match="an attention name is a string"):
+        create_attention(5, 16)  # type: ignore[arg-type]
+    for channels in ("16", -4, 16.0):
+        with pytest.raises(ConfigError, match="channels must be an integer >= 1"):
+            create_attention("se", channels)  # type: ignore[arg-type]

@@ -46,6 +46,10 @@ def create_attention(name: str, channels: int, **kwargs: Any) -> nn.Module:
     ``"none"`` gives ``nn.Identity()``. An unknown name raises ``ModelNotFoundError``; an option the
     module does not take raises ``ConfigError``; both name the valid choices.
     """
+    if not isinstance(name, str):
+        raise ModelNotFoundError(f"an attention name is a string such as 'se', got {type(name).__name__}")
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+        raise ConfigError(f"channels must be an integer >= 1, got {channels!r}")
     if name == NONE:
         return nn.Identity()
     cls = _REGISTRY.get(name)

@@ -46,6 +46,8 @@ def list_models() -> list[str]:
 
 def resolve_name(name: str) -> str:
     """Canonical model name for ``name`` (case-insensitive; aliases resolved) or ``ModelNotFoundError``."""
+    if not isinstance(name, str):
+        raise ModelNotFoundError(f"a model name is a string such as 'resnet18-se', got {type(name).__name__}")
     arch, _, attention = name.strip().lower().partition("-")
     canonical = f"{ARCH_ALIASES.get(arch, arch)}-{attention or 'none'}"
     models = list_models()
