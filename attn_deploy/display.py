@@ -49,6 +49,15 @@ reports for a process SIGPIPE ended (141), not 1, which means a failed check."""
 
 
 class _Console(Console):
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        """As rich's, but a table's cells fold a value too wide for its column onto more lines instead of
+        cutting it with an ellipsis (a model name, a path or a latency cut at an 80-column terminal)."""
+        for table in objects:
+            if isinstance(table, Table):
+                for column in table.columns:
+                    column.overflow = "fold"
+        super().print(*objects, **kwargs)
+
     def on_broken_pipe(self) -> None:
         """rich silences standard output and exits 1; this CLI exits as SIGPIPE would."""
         try:

@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         emit_json(data, args.json)
         return 0
     source = find_config(args.target) if args.target else None
-    console.print(f"[dim]# {escape(config.name)}{f' (from {source})' if source else ''}[/]", highlight=False)
-    console.print(escape(yaml.safe_dump(data, sort_keys=False).rstrip()), highlight=False)
+    # never wrapped at the terminal's width: a comment line's tail without its "#" would be invalid YAML
+    header = f"[dim]# {escape(config.name)}{f' (from {source})' if source else ''}[/]"
+    console.print(header, highlight=False, soft_wrap=True)
+    console.print(escape(yaml.safe_dump(data, sort_keys=False).rstrip()), highlight=False, soft_wrap=True)
     return 0

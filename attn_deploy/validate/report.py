@@ -11,7 +11,7 @@ from typing import Any
 
 from attn_deploy import fsutil
 from attn_deploy.machine import describe_cpu
-from attn_deploy.markdown import fmt, markdown_table
+from attn_deploy.markdown import markdown_table
 from attn_deploy.validate.compare import Comparison
 from attn_deploy.validate.polygraphy_io import polygraphy_command, save_polygraphy_data
 from attn_deploy.validate.scoring import Check
@@ -91,11 +91,7 @@ def far_off_warnings(checks: list[Check]) -> list[str]:
 
 def show_value(check: Check) -> str:
     """A check's value as people read it: cosine to 7 decimals, agreements in percent."""
-    if check.metric == "cosine":
-        return f"{check.value:.7f}"
-    if "agreement" in check.metric:
-        return f"{check.value:.1%}"
-    return fmt(check.value)
+    return check.show(check.value)
 
 
 def render_validation(report: ValidationReport, command: str) -> str:

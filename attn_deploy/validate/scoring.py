@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from attn_deploy.config import Tolerances
+from attn_deploy.markdown import fmt
 from attn_deploy.parity import ParityReport, compare_outputs
 from attn_deploy.validate.classification import top1_agreement
 from attn_deploy.validate.detection import anchor_box_agreement, box_agreement
@@ -58,10 +59,19 @@ class Check:
             return "not checked"
         return "pass" if self.passed else "FAIL"
 
+    def show(self, number: float) -> str:
+        """A value or limit of this metric as people read it: cosine to 7 decimals, agreements in percent."""
+        if self.metric == "cosine":
+            return f"{number:.7f}"
+        if "agreement" in self.metric:
+            return f"{number:.1%}"
+        return fmt(number)
+
     @property
     def tolerance(self) -> str:
-        """The gate as people read it (``>= 0.99``), or ``-`` for a metric that is not a gate."""
-        return "-" if self.limit is None else f"{self.op} {self.limit:g}"
+        """The gate as people read it (``>= 99.0%``, in the value's own unit), or ``-`` for a metric that is
+        not a gate."""
+        return "-" if self.limit is None else f"{self.op} {self.show(self.limit)}"
 
     @property
     def far_off(self) -> bool:
