@@ -398,6 +398,11 @@ def seed_table(comparison: SeedComparison) -> TableData:
     return table
 
 
+def plot_machine(run: BenchRun) -> str:
+    """The second title line of a plot: where and how it was timed (a PNG travels without its Markdown)."""
+    return f"{run.machine.get('cpu')}, {run.threads} threads, {run.runs} runs"
+
+
 def machine_lines(run: BenchRun) -> str:
     """A Markdown bullet list describing the machine and the run."""
     m = run.machine
@@ -464,7 +469,9 @@ def write_model_report(run: BenchRun, folder: str | os.PathLike[str], stem: str)
     text += "".join(f"\n- warning: {w}" for w in run.warnings())
     bars, series = latency_bars_data(run)
     png = folder / f"{stem}-latency.png"
-    plots.latency_bars(bars, series, png, f"{', '.join(run.models)}: latency p50 (whisker p90)")
+    plots.latency_bars(
+        bars, series, png, f"{', '.join(run.models)}: latency p50 (whisker p90)\n{plot_machine(run)}"
+    )
     return [
         fsutil.write_text(folder / f"{stem}.md", text + "\n"),
         fsutil.write_json(folder / f"{stem}.json", results_json(run)),
@@ -528,10 +535,10 @@ def write_attention_report(
         if seed
         else {}
     )
-    size = f"{run.imgsz[0]}x{run.imgsz[1]}, batch {run.batch}"
+    shape = f"{run.imgsz[0]}x{run.imgsz[1]}, batch {run.batch}\n{plot_machine(run)}"
     paths = [folder / f"{stem}-latency.png", folder / f"{stem}-overhead.png"]
-    plots.latency_bars(latency, labels, paths[0], f"{arch} + attention: latency p50 ({size})")
-    plots.overhead_chart(overhead, labels, paths[1], f"{arch}: latency overhead vs none ({size})", claimed)
+    plots.latency_bars(latency, labels, paths[0], f"{arch} + attention: latency p50, {shape}")
+    plots.overhead_chart(overhead, labels, paths[1], f"{arch}: latency overhead vs none, {shape}", claimed)
     return [
         fsutil.write_text(folder / f"{stem}.md", text + "\n"),
         fsutil.write_json(folder / f"{stem}.json", attention_json(run, arch, rows, seed)),
