@@ -150,14 +150,19 @@ def progress_display(
 ) -> Iterator[tuple[Progress, TaskID, Callable[[str], None]]]:
     """A spinner with the current stage and elapsed time (plus a bar and count with ``bar=True``).
 
-    Yields ``(progress, task, on_stage)``; ``on_stage(name)`` shows ``title: name``. Shown on a terminal only.
+    Yields ``(progress, task, on_stage)``; ``on_stage(name)`` shows ``title: name``. Shown on a terminal only:
+    standard output's, else standard error's (``cmd > result.txt`` still shows its progress); never with
+    ``--quiet`` or ``--json``.
     """
     columns = [SpinnerColumn(), TextColumn("[bold]{task.description}")]
     if bar:
         columns += [BarColumn(), MofNCompleteColumn()]
     # Off a terminal (a pipe, a file, a CI log) the transient display would leave only a blank line behind.
-    quiet = not console.is_terminal
-    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True, disable=quiet) as progress:
+    shown_on = next((c for c in (console, err_console) if c.is_terminal), None)
+    quiet = shown_on is None or console.quiet
+    with Progress(
+        *columns, TimeElapsedColumn(), console=shown_on or console, transient=True, disable=quiet
+    ) as progress:
         task = progress.add_task(title, total=None)
 
         def on_stage(name: str) -> None:

@@ -56,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     export_shapes = {str(inputs[0]["name"]): export_shape}
     if args.commands_only:
         plan = engine_plan(artifact.onnx_path, config, export_shapes)
-        console.print(engine_table({**plan, "reason": "--commands-only: nothing built, nothing written"}))
+        console.print(
+            engine_table({**plan, "reason": "--commands-only: nothing built, nothing written"}, artifact.dir)
+        )
         return 0
 
     engine = compile_engine(artifact.onnx_path, config, export_shapes)
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         manifest = {**artifact.manifest, "engine": engine, "config": config.to_dict()}
         fsutil.write_json(artifact.dir / MANIFEST_NAME, manifest)
         fsutil.write_text(artifact.dir / REPORT_NAME, render_report(manifest))
-    console.print(engine_table(engine))
+    console.print(engine_table(engine, artifact.dir))
     if keep_previous:
         raise InputError(
             f"no engine built: {engine['reason']}; the engine built earlier ({PLAN_NAME}) and its manifest are "

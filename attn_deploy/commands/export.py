@@ -224,7 +224,8 @@ def print_export_summary(artifact: Artifact, result: ExportResult) -> None:
             f"the {result.exporter} exporter's "
             "graph was written instead, verified the same way (manifest.json: exporter_fallback)"
         )
-    for table in precision_tables(m):  # precision targets: the converted graph's checks, the TensorRT engine
+    # precision targets: the converted graph's checks, the TensorRT engine
+    for table in precision_tables(m, artifact.dir):
         console.print(table)
     for warning in far_off_warnings([Check(**c) for c in m.get("parity", {}).get("checks", [])]):
         warn(warning)

@@ -8,6 +8,7 @@ the library modules load inside the functions, once a command has data to show.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
@@ -32,9 +33,9 @@ def checks_table(title: str, checks: Sequence[Check], caption: str | None = None
     return table
 
 
-def precision_tables(manifest: dict[str, Any]) -> list[Table]:
-    """Tables for the export summary from an artifact's manifest: the precision graph's checks against
-    PyTorch (its ``parity`` block) and the TensorRT engine (its ``engine`` block), where there are any."""
+def precision_tables(manifest: dict[str, Any], folder: Path) -> list[Table]:
+    """Tables for the export summary from an artifact's manifest (in ``folder``): the precision graph's checks
+    against PyTorch (its ``parity`` block) and the TensorRT engine (its ``engine`` block), where there are any."""
     from attn_deploy.validate.scoring import Check
 
     tables = []
@@ -47,13 +48,13 @@ def precision_tables(manifest: dict[str, Any]) -> list[Table]:
         tables.append(checks_table(title, checks, parity.get("reference")))
     engine = manifest.get("engine")
     if engine:
-        tables.append(engine_table(engine))
+        tables.append(engine_table(engine, folder))
     return tables
 
 
-def engine_table(engine: dict[str, Any]) -> Table:
+def engine_table(engine: dict[str, Any], folder: Path) -> Table:
     """The TensorRT step of a manifest's ``engine`` block: built or plainly not, profiles, and the commands
-    that build it on a GPU machine."""
+    that build it on a GPU machine, with the artifact ``folder`` they run in (their paths are relative)."""
     if engine.get("built"):
         title = "[green]TensorRT engine: built[/]"
     else:
@@ -67,7 +68,8 @@ def engine_table(engine: dict[str, Any]) -> Table:
         table.add_row("reason", escape(str(engine.get("reason", "not attempted"))))
     for name, (lo, opt, hi) in engine.get("profiles", {}).items():
         table.add_row(f"profile {name}", f"min {lo}  opt {opt}  max {hi}")
-    if not engine.get("built"):
-        for tool, line in (engine.get("commands") or {}).items():
+    if not engine.get("built") and engine.get("commands"):
+        table.add_row("run these in", escape(str(folder.resolve())))
+        for tool, line in engine["commands"].items():
             table.add_row(f"build with {tool}", escape(line))
     return table
