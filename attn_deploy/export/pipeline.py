@@ -145,8 +145,8 @@ def _check_arguments(
         high = 1.0 if key == "min_cosine" else math.inf
         if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= high:
             raise ConfigError(f"{key} must be a number in 0..{high:g}, got {value!r}")
-    if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
-        raise ConfigError(f"input and output names must be distinct non-empty strings, got {names}")
+    if not all(isinstance(n, str) and n for n in names):  # distinct: checked with the default names too
+        raise ConfigError(f"input and output names must be non-empty strings, got {names}")
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -545,9 +545,8 @@ def export_onnx(
             failures.append(exc)
             proto = None
         actual = opset_of(proto) if proto is not None else opset
-        if (
-            actual != opset
-        ):  # onnxscript's down-conversion can fail and leave its own: the next exporter may not
+        # onnxscript's down-conversion can fail and leave its own opset: the next exporter may not
+        if actual != opset:
             failures.append(ExportError(f"the {exporter} exporter wrote opset {actual}, not {opset}"))
             proto = None
         if verify and exporter == EXPORTERS[0]:  # once, across the trace: per-call state shows up here

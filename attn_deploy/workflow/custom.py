@@ -83,9 +83,8 @@ def export_artifact(
         raise ConfigError(f"calib_dir calibrates INT8; the config {resolved.name!r} is {resolved.precision}")
     model = model.eval()
     if output_names is None:
-        with (
-            torch.inference_mode()
-        ):  # on a copy: a model that writes into its input leaves the caller's alone
+        # on a copy: a model that writes into its input leaves the caller's alone
+        with torch.inference_mode():
             count = len(flatten_outputs(model(sample.detach().clone())))
         output_names = [f"output{i}" for i in range(count)]
     size = (int(sample.shape[2]), int(sample.shape[3]))
