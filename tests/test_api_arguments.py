@@ -98,3 +98,12 @@ def test_names_and_channels_of_the_wrong_type_are_one_line() -> None:
     for channels in ("16", -4, 16.0):
         with pytest.raises(ConfigError, match="channels must be an integer >= 1"):
             create_attention("se", channels)  # type: ignore[arg-type]
+
+
+def test_an_int8_report_keeps_its_checks_and_calibration(tmp_path: Path) -> None:
+    """What the console printed after an INT8 export (the graph's checks, how it was calibrated, what stayed
+    float) is in report.md too: it used to hold only the gates' limits."""
+    art, _ = export_artifact(Tiny(), SAMPLE, tmp_path / "tiny" / "ort-int8", precision="int8")
+    report = (art.dir / "report.md").read_text()
+    assert "## INT8 graph checks" in report and "| cosine | " in report and "| pass |" in report
+    assert "## INT8 calibration" in report and "| nodes kept float |" in report

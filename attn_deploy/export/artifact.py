@@ -19,6 +19,7 @@ from attn_deploy.export.manifest import build_manifest, parity_dict
 from attn_deploy.export.pipeline import ExportResult, StageCallback, export_onnx
 from attn_deploy.export.request import ExportRequest
 from attn_deploy.markdown import markdown_table
+from attn_deploy.validate.scoring import Check
 
 
 def render_report(manifest: dict[str, Any]) -> str:
@@ -55,6 +56,7 @@ def render_report(manifest: dict[str, Any]) -> str:
                 ]
             ],
         ),
+        *precision_sections(manifest),
         "## Inputs and outputs\n",
         markdown_table(
             ["kind", "name", "dtype", "shape"],
@@ -82,6 +84,43 @@ def render_report(manifest: dict[str, Any]) -> str:
         markdown_table(["library", "version"], sorted(manifest["versions"].items())),
     ]
     return "\n".join(lines)
+
+
+def precision_sections(manifest: dict[str, Any]) -> list[str]:
+    """A precision target's checks against PyTorch (each value with its gate, as the console shows them) and,
+    for INT8, how it was calibrated and what stayed float: what the console printed, kept in the report."""
+    checks = [Check(**c) for c in manifest["parity"].get("checks", [])]
+    sections = []
+    if checks:
+        sections += [
+            f"## {manifest['precision'].upper()} graph checks\n",
+            markdown_table(
+                ["metric", "value", "tolerance", "result"],
+                [[c.metric, c.show(c.value), c.tolerance, c.result] for c in checks],
+            ),
+        ]
+    int8 = (manifest.get("precision_info") or {}).get("int8")
+    if int8:
+        calibration = int8.get("calibration") or {}
+        kept = ", ".join(
+            f"{len(int8.get(f'{k}_nodes') or [])} {k}" for k in ("excluded", "fallback", "sensitive")
+        )
+        forms = ", ".join(f"{k} {v}" for k, v in (int8.get("graph_forms") or {}).items()) or "-"
+        sections += [
+            "## INT8 calibration\n",
+            markdown_table(
+                ["setting", "value"],
+                [
+                    ["method", int8.get("method")],
+                    ["images", f"{calibration.get('num_images')} from {calibration.get('source')}"],
+                    ["activations / weights", f"{int8.get('activations')} / {int8.get('weights')}"],
+                    ["Q/DQ nodes", int8.get("qdq_nodes")],
+                    ["nodes kept float", kept],
+                    ["graph forms", forms],
+                ],
+            ),
+        ]
+    return sections
 
 
 def source_line(source: dict[str, Any] | None) -> str:
