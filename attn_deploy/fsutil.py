@@ -135,6 +135,11 @@ def _remove(path: Path, made: Sequence[Path] = ()) -> None:
     else:
         with suppress(OSError):
             path.unlink(missing_ok=True)
+    _remove_empty(made)
+
+
+def _remove_empty(made: Sequence[Path]) -> None:
+    """Remove the folders in ``made`` (deepest first) while they are empty."""
     for folder in made:
         try:
             folder.rmdir()
@@ -170,22 +175,24 @@ def staging(parent: Path, name: str, kind: Literal["tmp", "new", "old"]) -> Iter
     processes in ``parent`` is removed first.
     """
     made = [p for p in (parent, *parent.parents) if not p.exists()]  # deepest first
-    parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(parent)
     prefix = f".{name}.{kind}-{os.getpid()}-"
-    try:
-        if kind == "tmp":
-            fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=parent)
-            os.close(fd)
-            path = Path(tmp)
-        else:
-            path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    except OSError as exc:  # name what the user asked for, not the hidden staging entry
-        raise OSError(exc.errno, exc.strerror, str(parent / name)) from None
-    if kind == "new":  # mkdtemp's 0700 would become the finished folder's mode
-        os.chmod(path, DIR_MODE)
-    key = path.resolve()
-    _active[key] = made
+    with critical_section():  # a signal waits until the entry and the folders made for it are registered
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            if kind == "tmp":
+                fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=parent)
+                os.close(fd)
+                path = Path(tmp)
+            else:
+                path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        except OSError as exc:  # name what the user asked for, not the hidden staging entry
+            _remove_empty(made)
+            raise OSError(exc.errno, exc.strerror, str(parent / name)) from None
+        if kind == "new":  # mkdtemp's 0700 would become the finished folder's mode
+            os.chmod(path, DIR_MODE)
+        key = path.resolve()
+        _active[key] = made
+    remove_stale_staging(parent)
     try:
         yield path
     finally:
@@ -199,9 +206,10 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
     """A private folder in the system's temporary directory, removed on exit and, like staging, when a signal
     handled by :func:`exit_on_signals` ends the process (which skips ``tempfile.TemporaryDirectory``'s own
     clean-up: an interrupted INT8 export left its 45 MB FP32 copy behind)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    key = path.resolve()
-    _active[key] = []
+    with critical_section():  # registered before a signal can end the process
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+        key = path.resolve()
+        _active[key] = []
     try:
         yield path
     finally:
