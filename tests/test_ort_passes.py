@@ -417,3 +417,82 @@ def test_graph_passes_benchmark_refuses_bad_options_in_one_line(args, message, t
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err, err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing written
+
+
+# -- a channel split of a convolution becomes one convolution per piece ---------------------------------
+def _split_conv_graph(
+    activation: str = "silu",
+    sizes: list[int] | None = None,
+    group: int = 1,
+    conv_read_again: bool = False,
+    opset: int = 18,
+) -> onnx.ModelProto:
+    """pieces = Split(act(Conv(x)), axis=1), as YOLOv8's C2f writes its first convolution; 48 channels."""
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((48, 8 // group, 3, 3)).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(weight, "w"),
+        numpy_helper.from_array(rng.standard_normal(48).astype(np.float32), "b"),
+    ]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2], group=group)]
+    if activation == "silu":
+        nodes += [helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["a"])]
+    elif activation:
+        nodes.append(helper.make_node(activation, ["c"], ["a"]))
+    source = "a" if activation else "c"
+    pieces = [f"p{k}" for k in range(len(sizes) if sizes else 3)]
+    if sizes is None:
+        split_attrs = {"num_outputs": 3} if opset >= 18 else {}
+        nodes.append(helper.make_node("Split", [source], pieces, axis=1, **split_attrs))
+    else:
+        inits.append(numpy_helper.from_array(np.array(sizes, np.int64), "sizes"))
+        nodes.append(helper.make_node("Split", [source, "sizes"], pieces, axis=1))
+    nodes.append(helper.make_node("Concat", [pieces[-1], *pieces[:-1]], ["out"], axis=1))  # reads every piece
+    outputs = [_f32("out", None)] + ([_f32("c", None)] if conv_read_again else [])
+    graph = helper.make_graph(nodes, "g", [_f32("x", ["N", 8, "H", "W"])], outputs, initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize(
+    ("activation", "sizes", "opset"),
+    [("silu", None, 18), ("Relu", [32, 16], 18), ("Sigmoid", None, 17), ("", [16, 32], 18)],
+)
+def test_split_convolution_becomes_a_convolution_per_piece_at_every_batch_and_size(
+    activation, sizes, opset
+) -> None:
+    model = _split_conv_graph(activation, sizes, opset=opset)
+    reference = onnx.ModelProto()
+    reference.CopyFrom(model)
+    assert apply_graph_passes(model) == {"channel_split->convs": 1}
+    ops = [n.op_type for n in model.graph.node]
+    assert "Split" not in ops and ops.count("Conv") == len(sizes or [16] * 3)
+    assert {i.name for i in model.graph.initializer} & {"w", "b"} == set()  # the whole weight is gone
+    rng = np.random.default_rng(11)
+    for n, h, w in [(1, 9, 13), (3, 16, 5)]:
+        feeds = {"x": rng.standard_normal((n, 8, h, w)).astype(np.float32)}
+        # each output channel is its own rows of the weight and the same sum as before: bit-identical on the
+        # CPUs tried; 1e-6 relative leaves room for a kernel that orders the sum by the output width
+        np.testing.assert_allclose(_run(model, feeds)[0], _run(reference, feeds)[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("options", "why"),
+    [
+        ({"sizes": [40, 8]}, "a piece of 8 channels does not fill an AVX-512 block"),
+        ({"group": 2}, "a grouped convolution's rows are not its output channels alone"),
+        ({"conv_read_again": True}, "the whole convolution is read elsewhere"),
+        ({"activation": "Softmax"}, "not an element-wise activation"),
+    ],
+)
+def test_split_convolution_stays_where_pieces_cannot_be_computed_alone(options, why) -> None:
+    assert apply_graph_passes(_split_conv_graph(**options)) == {}, why
+
+
+def test_yolo_export_computes_its_c2f_halves_by_separate_convolutions(tmp_path) -> None:
+    artifact, result = export_zoo_model(
+        "yolov8n-none", imgsz=64, out_root=tmp_path, config=load_config("ort-fp32-dynamic")
+    )
+    assert artifact.manifest["graph_passes"]["channel_split->convs"] == 8  # one per C2f block
+    assert result.ops_after["Split"] == 2  # the head's box/class and corner splits read no convolution
+    assert artifact.manifest["parity"]["passed"]  # at the export shape and unseen dynamic shapes
+    assert lint_tensorrt(onnx.load(artifact.onnx_path)) == []

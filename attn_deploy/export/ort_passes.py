@@ -42,6 +42,14 @@ Each pass keeps the values the graph computes, by construction:
   ONNX Runtime runs as one GEMM instead of its strided reduction (measured 0.17 vs 0.93 ms at (1, 256, 56, 56)
   and 0.05 vs 0.20 ms at (1, 1024, 14, 14) on 2 AVX2 cores). Exact in real arithmetic (1/C is exact for a power
   of two C; otherwise it rounds once, ~6e-8 relative).
+* ``channel_split->convs``: ``Split(act(Conv(x, W, B)), axis=1)``, with no activation, one element-wise
+  activation or SiLU (``Mul(c, Sigmoid(c))``), and every piece a multiple of 16 channels, becomes one
+  ``act(Conv(x, W[rows], B[rows]))`` per piece: each output channel is computed from its own rows of ``W`` and
+  ``B`` as before, so the values are the same. ONNX Runtime has no NCHWc ``Split``: YOLOv8's C2f blocks (which
+  split their first convolution in two halves) paid a reorder of the whole tensor out of the blocked layout and
+  of each half back in; with a convolution per half every tensor stays blocked (yolov8s: 24 ReorderInput and 32
+  ReorderOutput become 1 and 4, 3.9% faster in FP32 on 2 AVX-512 cores). Not only attention: the pass speeds
+  every YOLOv8 export.
 
 Every export with the deploy rewrites runs these passes before verification, so the graph that is written is
 the graph compared with PyTorch (at the export shape and, when dynamic, at unseen shapes). TensorRT parses
@@ -662,6 +670,134 @@ def channel_matmul_to_mean(model: onnx.ModelProto) -> int:
     return changed
 
 
+# -- channel split of a convolution -> one convolution per piece --------------------------------------
+SPLIT_PIECE_ALIGN = 16
+"""Each piece of a split convolution must have a multiple of this many channels: ONNX Runtime's NCHWc block
+(8 on AVX2, 16 on AVX-512), so every piece fills whole blocks and the readers' channel ``Concat`` stays blocked."""
+
+
+def _split_sizes(view: EditableGraph, split: onnx.NodeProto, channels: int) -> list[int] | None:
+    """The channel count of each output of a ``Split`` over ``channels``: from its ``split`` input or attribute,
+    else ``channels`` divided evenly by the number of outputs (``None`` when uneven or unknown)."""
+    if len(split.input) > 1 and split.input[1]:
+        value = view.constant(split.input[1])
+        sizes = None if value is None else [int(v) for v in value.reshape(-1)]
+    else:
+        listed = _attr(split, "split", None)
+        sizes = [int(v) for v in listed] if listed else None  # type: ignore[union-attr]
+    if sizes is None:
+        parts = len(split.output)
+        sizes = [channels // parts] * parts if channels % parts == 0 else None
+    if sizes is None or len(sizes) != len(split.output) or sum(sizes) != channels or min(sizes) <= 0:
+        return None
+    return sizes
+
+
+def _pointwise_chain(view: EditableGraph, conv_out: str, end: str) -> list[onnx.NodeProto] | None:
+    """The nodes from ``conv_out`` to ``end`` when they are nothing, one activation, or SiLU as
+    ``Mul(c, Sigmoid(c))``, each value read only inside the chain: what can be computed once per piece."""
+    if end == conv_out:
+        return []
+    last = view.producer.get(end)
+    if last is None or last.domain not in ("", "ai.onnx"):
+        return None
+    if last.op_type in ACTIVATIONS and list(last.input) == [conv_out]:
+        return [last] if view.only_consumer(conv_out) is last else None
+    if last.op_type != "Mul" or len(last.input) != 2 or conv_out not in last.input:
+        return None
+    sigmoid = view.producer.get(last.input[1] if last.input[0] == conv_out else last.input[0])
+    if sigmoid is None or sigmoid.op_type != "Sigmoid" or list(sigmoid.input) != [conv_out]:
+        return None
+    readers = view.consumers.get(conv_out, [])
+    if len(readers) != 2 or conv_out in view.outputs or view.only_consumer(sigmoid.output[0]) is not last:
+        return None
+    return [sigmoid, last]
+
+
+def _conv_under(view: EditableGraph, source: str) -> onnx.NodeProto | None:
+    """The ``Conv`` that ``source`` is, or that one activation or a SiLU ``Mul`` applies to."""
+    node = view.producer.get(source)
+    if node is not None and node.op_type in ACTIVATIONS:
+        node = view.producer.get(node.input[0])
+    elif node is not None and node.op_type == "Mul" and len(node.input) == 2:
+        node = next(
+            (view.producer[i] for i in node.input if getattr(view.producer.get(i), "op_type", "") == "Conv"),
+            None,
+        )
+    return node if node is not None and node.op_type == "Conv" and node.domain in ("", "ai.onnx") else None
+
+
+def _split_conv(view: EditableGraph, split: onnx.NodeProto) -> tuple[onnx.NodeProto, list, list[int]] | None:
+    """For a channel ``Split`` of ``act(Conv(x))``: the Conv, the activation nodes and the piece sizes."""
+    if split.domain not in ("", "ai.onnx") or _attr(split, "axis", 0) not in (1, -3):
+        return None
+    source = split.input[0]
+    shape = view.shape(source)
+    if view.only_consumer(source) is not split or shape is None or len(shape) != 4:
+        return None
+    conv = _conv_under(view, source)
+    if (
+        conv is None
+        or _attr(conv, "group", 1) != 1
+        or view.types.get(conv.output[0]) != onnx.TensorProto.FLOAT
+    ):
+        return None
+    weight = view.constant(conv.input[1]) if conv.input[1] in view.initializers else None
+    has_bias = len(conv.input) > 2 and bool(conv.input[2])
+    if weight is None or weight.ndim != 4 or (has_bias and conv.input[2] not in view.initializers):
+        return None
+    chain = _pointwise_chain(view, conv.output[0], source)
+    sizes = _split_sizes(view, split, int(weight.shape[0]))
+    if chain is None or sizes is None or any(size % SPLIT_PIECE_ALIGN for size in sizes):
+        return None
+    return conv, chain, sizes
+
+
+def channel_split_to_convs(view: EditableGraph) -> int:
+    """``Split(act(Conv(x, W, B)), axis=1)`` -> one ``act(Conv(x, W[rows], B[rows]))`` per piece.
+
+    Each output channel of a convolution depends only on its own rows of ``W`` and ``B``, and the activation
+    (none, one element-wise activation, or SiLU) acts per element, so each piece is computed from the same
+    values as before: exact. YOLOv8's C2f blocks split their first convolution's output in two; ONNX Runtime
+    has no blocked ``Split``, so each split cost the full tensor reordered out of NCHWc and its pieces back in.
+    With one convolution per piece every piece stays blocked (yolov8s: 24 + 32 reorders -> 1 + 4)."""
+    changed = 0
+    for first_piece in [n.output[0] for n in view.graph.node if n.op_type == "Split"]:
+        split = view.producer[first_piece]  # looked up again: editing the graph invalidates held nodes
+        found = _split_conv(view, split)
+        if found is None:
+            continue
+        conv, chain, sizes = found  # the old conv and chain stay until nothing reads them
+        weight = view.constant(conv.input[1])
+        bias = view.constant(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+        nodes: list[onnx.NodeProto] = []
+        bounds = np.cumsum([0, *sizes])
+        for lo, hi, piece in zip(bounds[:-1], bounds[1:], split.output, strict=True):
+            values = {"weight": np.ascontiguousarray(weight[lo:hi])}  # type: ignore[index]
+            if bias is not None:
+                values["bias"] = np.ascontiguousarray(bias[lo:hi])
+            out = view.fresh_name(f"{piece}__conv") if chain else piece
+            nodes.append(_node("Conv", [conv.input[0], *view.add_constants(out, values).values()], out, conv))
+            if len(chain) == 2:  # SiLU: Mul(c, Sigmoid(c))
+                gate = view.fresh_name(f"{piece}__sigmoid")
+                nodes += [_node("Sigmoid", [out], gate), _node("Mul", [out, gate], piece)]
+            elif chain:
+                nodes.append(_node(chain[0].op_type, [out], piece, chain[0]))
+        view.replace(split, nodes)
+        changed += 1
+    if changed:
+        view.remove_unread()  # the whole convolutions and activations, and their weights
+    return changed
+
+
+def _node(op: str, inputs: list[str], output: str, like: onnx.NodeProto | None = None) -> onnx.NodeProto:
+    """A node computing ``output``, named after it, with the attributes of ``like``."""
+    node = onnx.helper.make_node(op, inputs, [output], name=f"{output}__node")
+    if like is not None:
+        node.attribute.extend(like.attribute)
+    return node
+
+
 PASSES: tuple[GraphPass, ...] = (
     GraphPass("expand->broadcast", drop_broadcast_expand),
     GraphPass("reduce->global_pool", reduce_to_global_pool),
@@ -670,6 +806,7 @@ PASSES: tuple[GraphPass, ...] = (
     GraphPass("unit_transpose->reshape", unit_transpose_to_reshape),
     GraphPass("gate_chain->gate_product", gate_chain_to_gate_product),
     GraphPass("channel_mean->matmul", channel_mean_to_matmul),
+    GraphPass("channel_split->convs", channel_split_to_convs),
 )
 
 
