@@ -488,6 +488,14 @@ def test_split_convolution_stays_where_pieces_cannot_be_computed_alone(options, 
     assert apply_graph_passes(_split_conv_graph(**options)) == {}, why
 
 
+def test_split_convolution_with_sizes_known_only_at_run_time_stays() -> None:
+    model = _split_conv_graph(sizes=[32, 16])
+    sizes = next(i for i in model.graph.initializer if i.name == "sizes")
+    model.graph.initializer.remove(sizes)  # now a graph input: the pieces' widths are not in the graph
+    model.graph.input.append(helper.make_tensor_value_info("sizes", TensorProto.INT64, [2]))
+    assert apply_graph_passes(model) == {}
+
+
 def test_yolo_export_computes_its_c2f_halves_by_separate_convolutions(tmp_path) -> None:
     artifact, result = export_zoo_model(
         "yolov8n-none", imgsz=64, out_root=tmp_path, config=load_config("ort-fp32-dynamic")

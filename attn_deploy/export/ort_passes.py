@@ -681,7 +681,9 @@ def _split_sizes(view: EditableGraph, split: onnx.NodeProto, channels: int) -> l
     else ``channels`` divided evenly by the number of outputs (``None`` when uneven or unknown)."""
     if len(split.input) > 1 and split.input[1]:
         value = view.constant(split.input[1])
-        sizes = None if value is None else [int(v) for v in value.reshape(-1)]
+        if value is None:
+            return None  # sizes computed at run time: unknown here
+        sizes = [int(v) for v in value.reshape(-1)]
     else:
         listed = _attr(split, "split", None)
         sizes = [int(v) for v in listed] if listed else None  # type: ignore[union-attr]
