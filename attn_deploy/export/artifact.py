@@ -46,9 +46,7 @@ def render_report(manifest: dict[str, Any]) -> str:
                     parity["max_rel"],
                     parity["cosine"],
                     "; ".join(
-                        f"{c['metric']} {c['op']} {c['limit']:g}"
-                        for c in parity["checks"]
-                        if c["limit"] is not None
+                        f"{c.metric} {c.tolerance}" for c in (Check(**d) for d in parity["checks"]) if c.gated
                     )
                     if "checks" in parity  # a precision target's checks (attn_deploy.precision.apply)
                     else f"atol {parity['atol']:g} + rtol {parity['rtol']:g}·max|ref|",

@@ -103,7 +103,7 @@ def check_against_pytorch(onnx_path: Path, config: ExportConfig, io: ModelIO) ->
         "max_rel": parity.max_rel,
         "cosine": parity.cosine,
         "passed": True,
-        "shapes": [[count, *inputs.shape[1:]]],
+        "shapes": [[batch, *inputs.shape[1:]]],  # what the graph ran at; `reference` counts the images
         "atol": config.tolerances.max_abs,
         "rtol": config.tolerances.max_rel,
         "min_cosine": config.tolerances.cosine,
