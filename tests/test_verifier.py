@@ -229,6 +229,22 @@ def test_frozen_size_with_float64_branch_is_refused(tmp_path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+class Eigenvalues(nn.Module):
+    """Complex eigenvalues: neither exporter has an ONNX form for them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.eigvals(x[0, 0]).real.sum() + x
+
+
+def test_an_op_no_exporter_knows_is_one_error_without_torch_dumps(tmp_path, capfd) -> None:
+    with pytest.raises(ExportError, match="the TorchScript exporter failed too") as err:
+        export_onnx(Eigenvalues().eval(), torch.rand(1, 1, 4, 4), tmp_path / "m.onnx")
+    assert "linalg_eig" in str(err.value)
+    out, errors = capfd.readouterr()  # the file descriptors: torch's log writes from C++
+    assert "Torch IR graph" not in out + errors, (out + errors)[:300]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_float64_rule_accepts_rounding_and_refuses_other_computations() -> None:
     rng = np.random.default_rng(0)
     exact = rng.uniform(0, 640, (1, 4, 8400))  # yolov8 box rows in pixels

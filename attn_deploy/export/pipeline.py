@@ -24,10 +24,10 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -184,6 +184,26 @@ def _dynamo_export(
     return cast("torch.onnx.ONNXProgram", program).model_proto
 
 
+@contextlib.contextmanager
+def _silent_jit_onnx_log() -> Iterator[None]:
+    """Keep the TorchScript exporter's ONNX log off for the export.
+
+    torch's ``setup_onnx_logging`` tests the function ``_jit_is_onnx_log_enabled`` instead of calling it, so it
+    turns the log on whatever ``verbose`` says, and a failed export prints its whole Torch IR graph ("Torch IR
+    graph at exception", to standard output) before our one-line error. The log call is a no-op meanwhile."""
+    jit = cast("Any", torch._C)
+    original = getattr(jit, "_jit_onnx_log", None)
+    if original is None:  # another torch: nothing to silence
+        yield
+        return
+    jit._jit_onnx_log = lambda *args: None
+    try:
+        yield
+    finally:
+        jit._jit_onnx_log = original
+        jit._jit_set_onnx_log_enabled(False)
+
+
 def _torchscript_export(
     model: nn.Module,
     sample: tuple[torch.Tensor, ...],
@@ -196,7 +216,7 @@ def _torchscript_export(
     batch_axes = {0: DIM_NAMES[0]} if any(0 in a for a in axes) else {}
     dynamic_axes = {n: a for n, a in zip(input_names, axes, strict=True) if a}
     dynamic_axes.update({n: batch_axes for n in output_names if batch_axes})
-    with fsutil.scratch_dir("attn-deploy-trace-") as tmp:
+    with fsutil.scratch_dir("attn-deploy-trace-") as tmp, _silent_jit_onnx_log():
         path = os.path.join(tmp, "model.onnx")
         torch.onnx.export(
             model,
