@@ -501,6 +501,73 @@ def test_yolo_export_computes_its_c2f_halves_by_separate_convolutions(tmp_path) 
         "yolov8n-none", imgsz=64, out_root=tmp_path, config=load_config("ort-fp32-dynamic")
     )
     assert artifact.manifest["graph_passes"]["channel_split->convs"] == 8  # one per C2f block
+    assert artifact.manifest["graph_passes"]["channel_softmax->last_axis"] == 1  # the DFL
     assert result.ops_after["Split"] == 2  # the head's box/class and corner splits read no convolution
     assert artifact.manifest["parity"]["passed"]  # at the export shape and unseen dynamic shapes
     assert lint_tensorrt(onnx.load(artifact.onnx_path)) == []
+
+
+# -- a softmax over channels into a 1x1 convolution runs over the last axis -----------------------------
+def _channel_softmax_graph(
+    dfl: bool = True,
+    out_channels: int = 1,
+    bias: bool = False,
+    axis: int = 1,
+    kernel: int = 1,
+    opset: int = 18,
+) -> onnx.ModelProto:
+    """YOLOv8's DFL (``dfl``): (N, 4, 16, A) -> Transpose -> Softmax(axis=1) -> Conv(16 -> 1, weights 0..15);
+    else the softmax reads a (N, 16, 4, A) input directly."""
+    rng = np.random.default_rng(5)
+    weight = rng.standard_normal((out_channels, 16, kernel, kernel)).astype(np.float32)
+    inits = [numpy_helper.from_array(weight, "w")]
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1, 3])] if dfl else []
+    nodes.append(helper.make_node("Softmax", ["t" if dfl else "x"], ["p"], axis=axis))
+    conv_inputs = ["p", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(out_channels).astype(np.float32), "b"))
+        conv_inputs.append("b")
+    nodes.append(helper.make_node("Conv", conv_inputs, ["out"], pads=[kernel // 2] * 4))
+    x = _f32("x", ["N", 4, 16, "A"] if dfl else ["N", 16, 4, "A"])
+    graph = helper.make_graph(nodes, "g", [x], [_f32("out", None)], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize(
+    ("options", "ops"),
+    [
+        ({}, ["Transpose", "Softmax", "MatMul", "Reshape"]),  # the DFL: the two transposes fold into one
+        (
+            {"dfl": False, "out_channels": 3, "bias": True},
+            ["Transpose", "Softmax", "MatMul", "Add", "Transpose"],
+        ),
+    ],
+)
+def test_channel_softmax_into_a_pointwise_conv_runs_over_the_last_axis(options, ops) -> None:
+    model = _channel_softmax_graph(**options)
+    reference = onnx.ModelProto()
+    reference.CopyFrom(model)
+    assert apply_graph_passes(model) == {"channel_softmax->last_axis": 1}
+    assert [n.op_type for n in model.graph.node] == ops
+    assert [helper.get_attribute_value(a) for a in model.graph.node[1].attribute] == [
+        -1
+    ]  # the softmax's axis
+    rng = np.random.default_rng(13)
+    shape = (4, 16) if options.get("dfl", True) else (16, 4)
+    for n, anchors in [(1, 8400), (2, 7)]:
+        feeds = {"x": (4 * rng.standard_normal((n, *shape, anchors))).astype(np.float32)}
+        # the same softmax and the same 16-term sums, possibly summed in another order: FP32 rounding only
+        # (bit-identical on yolov8s here); 1e-6 relative holds for any order on any x86 CPU
+        np.testing.assert_allclose(_run(model, feeds)[0], _run(reference, feeds)[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("options", "why"),
+    [
+        ({"axis": -1}, "a softmax over the last axis already"),
+        ({"kernel": 3}, "a 3x3 convolution mixes positions"),
+        ({"opset": 12}, "before opset 13 Softmax(axis=1) normalises over every axis from 1 on"),
+    ],
+)
+def test_channel_softmax_stays_where_not_a_channel_softmax_into_a_pointwise_conv(options, why) -> None:
+    assert apply_graph_passes(_channel_softmax_graph(**options)) == {}, why
