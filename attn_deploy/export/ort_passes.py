@@ -67,7 +67,7 @@ FP32 only: the precision stage turns its sites back (:func:`channel_matmul_to_me
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -676,6 +676,30 @@ def channel_matmul_to_mean(model: onnx.ModelProto) -> int:
     return changed
 
 
+def _sites(view: EditableGraph, op_type: str) -> Iterator[onnx.NodeProto]:
+    """Each ``op_type`` node, looked up again by its first output as a pass goes: editing the graph (protobuf
+    containers) invalidates the nodes a pass held."""
+    for out in [n.output[0] for n in view.graph.node if n.op_type == op_type]:
+        yield view.producer[out]
+
+
+ConvWeights = tuple[np.ndarray, np.ndarray | None]
+"""A Conv's 4-D weight and its bias (``None`` when it has none)."""
+
+
+def _conv_weights(view: EditableGraph, conv: onnx.NodeProto) -> ConvWeights | None:
+    """The weight and bias of a 2-D ``Conv`` when both are initializers (what a pass may slice), else ``None``."""
+    if conv.input[1] not in view.initializers:
+        return None
+    has_bias = len(conv.input) > 2 and bool(conv.input[2])
+    if has_bias and conv.input[2] not in view.initializers:
+        return None
+    weight = view.constant(conv.input[1])
+    if weight is None or weight.ndim != 4:
+        return None
+    return weight, view.constant(conv.input[2]) if has_bias else None
+
+
 # -- channel split of a convolution -> one convolution per piece --------------------------------------
 SPLIT_PIECE_ALIGN = 16
 """Each piece of a split convolution must have a multiple of this many channels: ONNX Runtime's NCHWc block
@@ -735,8 +759,10 @@ def _conv_under(view: EditableGraph, source: str) -> onnx.NodeProto | None:
     return node if node is not None and node.op_type == "Conv" and node.domain in ("", "ai.onnx") else None
 
 
-def _split_conv(view: EditableGraph, split: onnx.NodeProto) -> tuple[onnx.NodeProto, list, list[int]] | None:
-    """For a channel ``Split`` of ``act(Conv(x))``: the Conv, the activation nodes and the piece sizes."""
+def _split_conv(
+    view: EditableGraph, split: onnx.NodeProto
+) -> tuple[onnx.NodeProto, ConvWeights, list, list[int]] | None:
+    """For a channel ``Split`` of ``act(Conv(x))``: the Conv, its weights, the activation nodes, the piece sizes."""
     if split.domain not in ("", "ai.onnx") or _attr(split, "axis", 0) not in (1, -3):
         return None
     source = split.input[0]
@@ -750,15 +776,14 @@ def _split_conv(view: EditableGraph, split: onnx.NodeProto) -> tuple[onnx.NodePr
         or view.types.get(conv.output[0]) != onnx.TensorProto.FLOAT
     ):
         return None
-    weight = view.constant(conv.input[1]) if conv.input[1] in view.initializers else None
-    has_bias = len(conv.input) > 2 and bool(conv.input[2])
-    if weight is None or weight.ndim != 4 or (has_bias and conv.input[2] not in view.initializers):
+    weights = _conv_weights(view, conv)
+    if weights is None:
         return None
     chain = _pointwise_chain(view, conv.output[0], source)
-    sizes = _split_sizes(view, split, int(weight.shape[0]))
+    sizes = _split_sizes(view, split, int(weights[0].shape[0]))
     if chain is None or sizes is None or any(size % SPLIT_PIECE_ALIGN for size in sizes):
         return None
-    return conv, chain, sizes
+    return conv, weights, chain, sizes
 
 
 def channel_split_to_convs(view: EditableGraph) -> int:
@@ -770,18 +795,15 @@ def channel_split_to_convs(view: EditableGraph) -> int:
     has no blocked ``Split``, so each split cost the full tensor reordered out of NCHWc and its pieces back in.
     With one convolution per piece every piece stays blocked (yolov8s: 24 + 32 reorders -> 1 + 4)."""
     changed = 0
-    for first_piece in [n.output[0] for n in view.graph.node if n.op_type == "Split"]:
-        split = view.producer[first_piece]  # looked up again: editing the graph invalidates held nodes
+    for split in _sites(view, "Split"):
         found = _split_conv(view, split)
         if found is None:
             continue
-        conv, chain, sizes = found  # the old conv and chain stay until nothing reads them
-        weight = view.constant(conv.input[1])
-        bias = view.constant(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+        conv, (weight, bias), chain, sizes = found  # the old conv and chain stay until nothing reads them
         nodes: list[onnx.NodeProto] = []
         bounds = np.cumsum([0, *sizes])
         for lo, hi, piece in zip(bounds[:-1], bounds[1:], split.output, strict=True):
-            values = {"weight": np.ascontiguousarray(weight[lo:hi])}  # type: ignore[index]
+            values = {"weight": np.ascontiguousarray(weight[lo:hi])}
             if bias is not None:
                 values["bias"] = np.ascontiguousarray(bias[lo:hi])
             out = view.fresh_name(f"{piece}__conv") if chain else piece
@@ -812,32 +834,35 @@ SOFTMAX_SINGLE_AXIS = 13
 TO_CHANNELS_LAST = [0, 2, 3, 1]
 
 
-def _is_pointwise_conv(view: EditableGraph, conv: onnx.NodeProto) -> bool:
-    """A plain 1x1 convolution (no stride, padding, dilation or groups) with constant weights and bias."""
-    weight = view.constant(conv.input[1]) if conv.input[1] in view.initializers else None
-    if weight is None or weight.ndim != 4 or weight.shape[2:] != (1, 1) or _attr(conv, "group", 1) != 1:
-        return False
-    if len(conv.input) > 2 and conv.input[2] and conv.input[2] not in view.initializers:
-        return False
-    plain = {"strides": 1, "dilations": 1, "pads": 0}
-    return all(all(v == unit for v in _attr(conv, key, [unit])) for key, unit in plain.items()) and (  # type: ignore[union-attr]
-        _attr(conv, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET", b"VALID", "VALID")
-    )
-
-
-def _channel_softmax(view: EditableGraph, conv: onnx.NodeProto) -> onnx.NodeProto | None:
-    """The Softmax over axis 1 of a 4-D tensor that only ``conv`` (a plain 1x1 convolution) reads."""
-    if conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") or not _is_pointwise_conv(view, conv):
+def _pointwise_weights(view: EditableGraph, conv: onnx.NodeProto) -> ConvWeights | None:
+    """The weights of a plain 1x1 convolution (no stride, padding, dilation or groups), else ``None``."""
+    weights = _conv_weights(view, conv)
+    if weights is None or weights[0].shape[2:] != (1, 1) or _attr(conv, "group", 1) != 1:
         return None
+    plain = {"strides": 1, "dilations": 1, "pads": 0}
+    if any(any(v != unit for v in _attr(conv, key, [unit])) for key, unit in plain.items()):  # type: ignore[union-attr]
+        return None
+    return weights if _attr(conv, "auto_pad", b"NOTSET") in (b"NOTSET", b"VALID") else None
+
+
+def _channel_softmax(view: EditableGraph, conv: onnx.NodeProto) -> tuple[onnx.NodeProto, ConvWeights] | None:
+    """The Softmax over axis 1 of a 4-D tensor that only ``conv`` (a plain 1x1 convolution) reads, and the
+    convolution's weights."""
+    weights = _pointwise_weights(view, conv) if conv.domain in ("", "ai.onnx") else None
     softmax = view.producer.get(conv.input[0])
-    if softmax is None or softmax.op_type != "Softmax" or softmax.domain not in ("", "ai.onnx"):
+    if (
+        weights is None
+        or softmax is None
+        or softmax.op_type != "Softmax"
+        or softmax.domain not in ("", "ai.onnx")
+    ):
         return None
     shape = view.shape(softmax.input[0])
     if shape is None or len(shape) != 4 or _attr(softmax, "axis", -1) not in (1, -3):
         return None
     if view.only_consumer(softmax.output[0]) is not conv or opset_of(view.model) < SOFTMAX_SINGLE_AXIS:
         return None
-    return softmax if view.types.get(softmax.output[0]) == onnx.TensorProto.FLOAT else None
+    return (softmax, weights) if view.types.get(softmax.output[0]) == onnx.TensorProto.FLOAT else None
 
 
 def _back_to_channels(view: EditableGraph, last: str, conv: onnx.NodeProto) -> onnx.NodeProto:
@@ -867,21 +892,21 @@ def channel_softmax_to_last_axis(view: EditableGraph) -> int:
     (1, 16, 4, 8400)) took 9.3 ms on 2 AVX-512 cores, against 0.9 ms in this form. A Transpose feeding the
     softmax (DFL's) is folded into the new one."""
     changed = 0
-    for out in [n.output[0] for n in view.graph.node if n.op_type == "Conv"]:
-        conv = view.producer[out]  # looked up again: editing the graph invalidates held nodes
-        softmax = _channel_softmax(view, conv)
-        if softmax is None:
+    for conv in _sites(view, "Conv"):
+        found = _channel_softmax(view, conv)
+        if found is None:
             continue
+        out = conv.output[0]
+        softmax, (weight, bias) = found
         source, perm = softmax.input[0], TO_CHANNELS_LAST
         before = view.producer.get(source)
         if before is not None and before.op_type == "Transpose" and view.only_consumer(source) is softmax:
             inner = [int(a) for a in _attr(before, "perm", [])]  # type: ignore[union-attr]
             if sorted(inner) == [0, 1, 2, 3]:
                 source, perm = before.input[0], [inner[a] for a in TO_CHANNELS_LAST]
-        weight = view.constant(conv.input[1])
-        values = {"weight": np.ascontiguousarray(weight[:, :, 0, 0].T)}  # type: ignore[index]
-        if len(conv.input) > 2 and conv.input[2]:
-            values["bias"] = view.constant(conv.input[2])  # type: ignore[assignment]
+        values = {"weight": np.ascontiguousarray(weight[:, :, 0, 0].T)}
+        if bias is not None:
+            values["bias"] = bias
         names = view.add_constants(out, values)
         transpose = _node("Transpose", [source], view.fresh_name(f"{out}__channels_last"))
         transpose.attribute.append(onnx.helper.make_attribute("perm", perm))
