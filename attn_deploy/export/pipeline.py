@@ -24,7 +24,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -120,7 +120,7 @@ def _check_arguments(
     samples: tuple[object, ...],
     path: object,
     opset: object,
-    tolerances: dict[str, object],
+    tolerances: Mapping[str, object],
     names: list[str],
 ) -> None:
     """What the caller passed, checked before any work: a one-line ``ConfigError`` naming the argument (a bare
