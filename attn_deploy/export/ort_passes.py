@@ -847,38 +847,33 @@ def _pointwise_weights(view: EditableGraph, conv: onnx.NodeProto) -> ConvWeights
 
 def _channel_softmax(view: EditableGraph, conv: onnx.NodeProto) -> tuple[onnx.NodeProto, ConvWeights] | None:
     """The Softmax over axis 1 of a 4-D tensor that only ``conv`` (a plain 1x1 convolution) reads, and the
-    convolution's weights."""
-    weights = _pointwise_weights(view, conv) if conv.domain in ("", "ai.onnx") else None
+    convolution's weights. The weights are read last: most convolutions read no softmax."""
     softmax = view.producer.get(conv.input[0])
-    if (
-        weights is None
-        or softmax is None
-        or softmax.op_type != "Softmax"
-        or softmax.domain not in ("", "ai.onnx")
-    ):
+    if softmax is None or softmax.op_type != "Softmax" or softmax.domain not in ("", "ai.onnx"):
         return None
     shape = view.shape(softmax.input[0])
     if shape is None or len(shape) != 4 or _attr(softmax, "axis", -1) not in (1, -3):
         return None
     if view.only_consumer(softmax.output[0]) is not conv or opset_of(view.model) < SOFTMAX_SINGLE_AXIS:
         return None
-    return (softmax, weights) if view.types.get(softmax.output[0]) == onnx.TensorProto.FLOAT else None
+    if view.types.get(softmax.output[0]) != onnx.TensorProto.FLOAT or conv.domain not in ("", "ai.onnx"):
+        return None
+    weights = _pointwise_weights(view, conv)
+    return None if weights is None else (softmax, weights)
 
 
 def _back_to_channels(view: EditableGraph, last: str, conv: onnx.NodeProto) -> onnx.NodeProto:
-    """(N, H, W, O) -> the convolution's (N, O, H, W): a Reshape when O is 1 and H or W static (no copy), else a
-    Transpose."""
-    out = conv.output[0]
+    """(N, H, W, O) -> the convolution's (N, O, H, W): a Reshape where that moves only a size-1 axis (O = 1, as
+    the DFL's, :func:`_reshape_target`), else a Transpose."""
+    out, perm = conv.output[0], [0, 3, 1, 2]
     dims = view.shape(out)
-    if dims is not None and len(dims) == 4 and dims[1] == 1:
-        n, _, h, w = dims
-        statics = [d if isinstance(d, int) else -1 for d in (h, w)]
-        if statics.count(-1) <= 1:
-            target = np.array([0 if not isinstance(n, int) else n, 1, *statics], np.int64)
-            shape = view.add_constants(out, {"shape": target})["shape"]
+    if dims is not None and len(dims) == 4:
+        target = _reshape_target((dims[0], dims[2], dims[3], dims[1]), perm)
+        if target is not None:
+            shape = view.add_constants(out, {"shape": np.array(target, np.int64)})["shape"]
             return _node("Reshape", [last, shape], out)
     node = _node("Transpose", [last], out)
-    node.attribute.append(onnx.helper.make_attribute("perm", [0, 3, 1, 2]))
+    node.attribute.append(onnx.helper.make_attribute("perm", perm))
     return node
 
 
