@@ -3,13 +3,13 @@
     python -m benchmarks.graph_passes [--models resnet50-none,resnet50-se,...] [--rounds 15] [--threads 2]
 
 For each model: the naive export (plain ``torch.onnx.export``, no rewrites), our export without the passes
-("before") and with them ("after"), all verified against PyTorch by the export; the op histogram of the graph
-ONNX Runtime optimises from each (``bench --explain``); then every session timed interleaved, round-robin,
-``--rounds`` rounds. Reported: the medians over rounds of the per-round ratios before / after and naive / after
-(robust on a shared machine: the calls of a round see the same load), and each model's latency overhead over
-``<arch>-none`` before and after. Writes
-``benchmarks/results/<--name>.{md,json}`` (default ``graph_passes``).
-"""
+("before") and with them, run in ORT's plain session ("passes") and in the session ``make_session`` creates,
+whose channel gates run in ORT's blocked layout ("after", ``attn_deploy/backends/ort_nchwc.py``), all verified
+against PyTorch by the export; the op histogram of the graph ONNX Runtime runs for each (``bench --explain``);
+then every session timed interleaved, round-robin, ``--rounds`` rounds. Reported: the medians over rounds of the
+per-round ratios before / after, passes / after (the blocked gates alone) and naive / after (robust on a shared
+machine: the calls of a round see the same load), and each model's latency overhead over ``<arch>-none`` before
+and after. Writes ``benchmarks/results/<--name>.{md,json}`` (default ``graph_passes``)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from attn_deploy.backends.ort import make_session
-from attn_deploy.bench.explain import explain_counts, optimized_op_histogram
+from attn_deploy.bench.explain import explain_counts, histogram, optimized_graph
 from attn_deploy.bench.machine import describe_machine, load_average
 from attn_deploy.bench.run import prepare_model
 from attn_deploy.bench.targets import ORT_BENCH_CONFIG
@@ -38,11 +38,14 @@ OUT = Path("benchmarks/results")
 MAX_ROUNDS = 1000
 
 
-VARIANTS: dict[str, dict[str, bool]] = {
+EXPORTS: dict[str, dict[str, bool]] = {
     "naive": {"rewrite": False, "graph_passes": False},  # plain torch.onnx.export, what the issue compares to
     "before": {"graph_passes": False},  # our rewrites, without the passes
-    "after": {},  # our export as shipped
+    "passes": {},  # our export as shipped, in ORT's own session
 }
+VARIANTS = [*EXPORTS, "after"]
+"""``after``: the shipped export in the session :func:`make_session` makes, its channel gates run blocked
+(``attn_deploy.backends.ort_nchwc``); every other variant runs in ORT's plain session."""
 
 
 def export_pair(name: str, folder: Path) -> dict[str, Any]:
@@ -51,7 +54,7 @@ def export_pair(name: str, folder: Path) -> dict[str, Any]:
     A naive export that fails verification is left out (its row then has no naive ratio)."""
     mut = prepare_model(name, None, 1)
     entry: dict[str, Any] = {"model": name, "feed": mut.feed}
-    for variant, options in VARIANTS.items():
+    for variant, options in EXPORTS.items():
         path = folder / f"{name}-{variant}.onnx"
         try:
             result = export_onnx(
@@ -70,10 +73,14 @@ def export_pair(name: str, folder: Path) -> dict[str, Any]:
         entry[variant] = {
             "path": path,
             "passes": result.graph_passes,
-            "explain": explain_counts(optimized_op_histogram(path)),
+            "explain": explain_counts(histogram(optimized_graph(path, blocked_gates=False))),
             "max_abs_err": result.parity.max_abs,
             "cosine": result.parity.cosine,
         }
+    entry["after"] = {
+        **entry["passes"],
+        "explain": explain_counts(histogram(optimized_graph(entry["passes"]["path"]))),
+    }
     return entry
 
 
@@ -82,7 +89,9 @@ def time_rounds(entries: list[dict[str, Any]], threads: int, rounds: int) -> dic
     calls = {}
     for e in entries:
         for variant in [v for v in VARIANTS if v in e]:
-            session = make_session(e[variant]["path"], threads=threads, config=ORT_BENCH_CONFIG)
+            session = make_session(
+                e[variant]["path"], threads=threads, config=ORT_BENCH_CONFIG, blocked_gates=variant == "after"
+            )
             feed = e["feed"]
             calls[f"{e['model']}/{variant}"] = lambda s=session, f=feed: s.run(None, f)
     for call in calls.values():  # warm-up
@@ -112,12 +121,15 @@ def summarise(entries: list[dict[str, Any]], times: dict[str, list[float]]) -> l
         name = e["model"]
         base = f"{name.split('-', 1)[0]}-none"
         speedup, speedup_iqr = _round_ratio(times, f"{name}/before", f"{name}/after")
+        gates, gates_iqr = _round_ratio(times, f"{name}/passes", f"{name}/after")
         row = {
             "model": name,
             "p50_before_ms": float(np.median(times[f"{name}/before"])),
             "p50_after_ms": float(np.median(times[f"{name}/after"])),
             "speedup": speedup,
             "speedup_iqr": speedup_iqr,
+            "gates_speedup": gates,
+            "gates_speedup_iqr": gates_iqr,
             "passes": e["after"]["passes"],
             "explain_before": e["before"]["explain"],
             "explain_after": e["after"]["explain"],
@@ -164,6 +176,7 @@ def markdown(rows: list[dict[str, Any]], doc: dict[str, Any]) -> str:
             r["p50_after_ms"],
             r["speedup"],
             f"{r['speedup_iqr'][0]:.2f}-{r['speedup_iqr'][1]:.2f}",
+            _with_iqr(r.get("gates_speedup"), r.get("gates_speedup_iqr")),
             r.get("overhead_before_pct"),
             r.get("overhead_after_pct"),
             _fps_drop_pct(r.get("overhead_after_pct")),
@@ -181,6 +194,7 @@ def markdown(rows: list[dict[str, Any]], doc: dict[str, Any]) -> str:
         "p50 after ms",
         "before / after (median of rounds)",
         "IQR",
+        "of which blocked gates (IQR)",
         "overhead vs none before %",
         "after %",
         "FPS drop after %",
@@ -198,7 +212,10 @@ def markdown(rows: list[dict[str, Any]], doc: dict[str, Any]) -> str:
         "Each ratio is the median over rounds of before/after measured back to back in the same round; "
         "the IQR column shows its spread. FPS drop = 1 - 1 / (1 + overhead).\n"
         "- before = our export without the graph passes (what every export was until 2026-12-01); after = with "
-        "them (our export as shipped); naive = plain torch.onnx.export of the same model, no rewrites, no passes. "
+        "them (our export as shipped), in the session make_session creates, whose channel gates run in ORT's "
+        "blocked layout (attn_deploy/backends/ort_nchwc.py); 'of which blocked gates' = the same export in ORT's "
+        "plain session / after; naive = plain torch.onnx.export of the same model, no rewrites, no passes, "
+        "ORT's plain session. "
         "All verified against PyTorch by the export.\n\n" + markdown_table(headers, table) + "\n"
     )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
+from attn_deploy.backends.ort_nchwc import fuse_blocked_gates, shapes_of
 from attn_deploy.errors import InputError, exception_summary
 from attn_deploy.fsutil import scratch_dir
 
@@ -40,8 +41,10 @@ def histogram(model: onnx.ModelProto) -> dict[str, int]:
     return dict(counts.most_common())
 
 
-def optimized_graph(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """The graph ONNX Runtime's CPU provider runs for ``path`` (all optimisations on, as the benchmark runs it)."""
+def optimized_graph(path: str | os.PathLike[str], blocked_gates: bool = True) -> onnx.ModelProto:
+    """The graph ONNX Runtime's CPU provider runs for ``path`` (all optimisations on, as the benchmark runs it),
+    with the channel gates :func:`attn_deploy.backends.ort.make_session` moves into the blocked layout
+    (``blocked_gates``; the session also checks that rewrite on one input, which this count does not)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # the "hardware specific" warning of saving an NCHWc graph is expected
@@ -51,7 +54,10 @@ def optimized_graph(path: str | os.PathLike[str]) -> onnx.ModelProto:
             ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT's own exception types for unreadable graphs
             raise InputError(f"ONNX Runtime cannot load {path}: {exception_summary(exc)}") from None
-        return onnx.load(options.optimized_model_filepath, load_external_data=False)
+        optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
+    if blocked_gates:
+        fuse_blocked_gates(optimized, shapes_of(onnx.load(str(path), load_external_data=False)))
+    return optimized
 
 
 def optimized_op_histogram(path: str | os.PathLike[str]) -> dict[str, int]:
